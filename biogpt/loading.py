@@ -1,0 +1,311 @@
+"""From a name to a ready model: hub id | local folder | bundled name -> files -> weights.
+
+Only safe formats are read: safetensors (parsed here, one tensor at a time, so converting the
+dtype costs one tensor of extra memory rather than a second copy of the model) and
+`pytorch_model.bin` through `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import struct
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .config import BioGptConfig
+
+logger = logging.getLogger(__name__)
+
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+# Short names for what ships inside the project, usable wherever a hub id is.
+BUNDLED_NAMES = {
+    "bundled": ASSETS_DIR / "models" / "biogpt-pubmed-small",
+    "bundled-ner": ASSETS_DIR / "models" / "biogpt-pubmed-small-ner",
+    "bundled-hoc": ASSETS_DIR / "models" / "biogpt-pubmed-small-hoc",
+    "bundled-tokenizer": ASSETS_DIR / "tokenizers" / "biogpt",
+    "bundled-tokenizer-large": ASSETS_DIR / "tokenizers" / "biogpt-large",
+}
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TORCH_FILE = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+# Weights that belong to one task head; a checkpoint of one task may carry another's.
+HEAD_PREFIXES = ("output_projection.", "classifier.", "score.")
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+class ModelNotAvailableError(OSError):
+    """A model could not be found locally nor downloaded; the message says what to do."""
+
+
+def resolve_model_dir(name_or_path: str | Path, allow_patterns: list[str]) -> Path:
+    """A local folder holding the files: the folder itself, a bundled model, or a hub snapshot.
+
+    Hub ids go through huggingface_hub, which honours HF_HUB_CACHE and HF_HUB_OFFLINE; only files
+    matching `allow_patterns` are downloaded.
+    """
+    name = str(name_or_path)
+    if name in BUNDLED_NAMES:
+        path = BUNDLED_NAMES[name]
+        if not path.is_dir():
+            raise ModelNotAvailableError(f"The bundled model {name!r} is missing at {path}; reinstall the project.")
+        return path
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if path.is_absolute() or name.startswith((".", "~")) or name.count("/") != 1:
+        raise ModelNotAvailableError(
+            f"{name!r} is neither a folder nor a Hugging Face model id like 'microsoft/biogpt'."
+        )
+    return _snapshot(name, allow_patterns)
+
+
+def _snapshot(repo_id: str, allow_patterns: list[str]) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=allow_patterns))
+    except RepositoryNotFoundError:
+        raise ModelNotAvailableError(
+            f"The Hugging Face hub has no model {repo_id!r}; check the spelling."
+        ) from None
+    except GatedRepoError:
+        raise ModelNotAvailableError(
+            f"The model {repo_id!r} is gated; log in with `hf auth login` after accepting its terms."
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as error:
+        raise ModelNotAvailableError(
+            f"The model {repo_id!r} is not in the local Hugging Face cache and the hub cannot be reached "
+            f"({type(error).__name__}); connect to the internet once to download it, or pass a local folder."
+        ) from None
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The checkpoint's weight files, safetensors preferred, shards in index order."""
+    for single, index in ((SAFETENSORS_FILE, SAFETENSORS_INDEX), (TORCH_FILE, TORCH_INDEX)):
+        if (folder / single).is_file():
+            return [folder / single]
+        if (folder / index).is_file():
+            with open(folder / index, encoding="utf-8") as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+            return [folder / shard for shard in shards]
+    raise ModelNotAvailableError(
+        f"{folder} has no weights: expected {SAFETENSORS_FILE}, sharded safetensors or {TORCH_FILE}."
+    )
+
+
+def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Read a .safetensors file tensor by tensor into memory the returned tensors own.
+
+    The file is memory-mapped; each tensor is copied (and converted) out of the mapping, whose
+    pages are then released, so the peak is the loaded weights plus about one tensor.
+    """
+    tensors = {}
+    with open(path, "rb") as f:
+        (header_size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(header_size))
+        header.pop("__metadata__", None)
+        data_start = 8 + header_size
+        file_size = os.fstat(f.fileno()).st_size
+        if header and data_start + max(info["data_offsets"][1] for info in header.values()) > file_size:
+            raise ValueError(f"{path} is truncated: its header describes more data than the file holds.")
+        if not header:
+            return tensors
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        try:
+            data = torch.frombuffer(mapping, dtype=torch.uint8)
+            for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+                begin, end = (data_start + offset for offset in info["data_offsets"])
+                stored = data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+                target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
+                tensors[name] = stored.to(device=device, dtype=target, copy=True)
+                page_start = begin - begin % mmap.PAGESIZE
+                mapping.madvise(mmap.MADV_DONTNEED, page_start, end - page_start)
+            del data, stored
+        finally:
+            mapping.close()
+    return tensors
+
+
+def read_state_dict(folder: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    for path in weight_files(folder):
+        if path.suffix == ".safetensors":
+            state.update(read_safetensors(path, dtype, device))
+        else:
+            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            for name, tensor in loaded.items():
+                if dtype is not None and tensor.is_floating_point():
+                    tensor = tensor.to(dtype)
+                state[name] = tensor.to(device)
+    return state
+
+
+def _resolve_dtype(dtype: Any, config: BioGptConfig) -> torch.dtype | None:
+    """None keeps the stored dtype ("auto"); strings like "bfloat16" are accepted."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    try:
+        resolved = getattr(torch, str(dtype).removeprefix("torch."))
+    except AttributeError:
+        resolved = None
+    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
+        raise ValueError(f"Unknown dtype {dtype!r}; use float32, float16, bfloat16 or auto.")
+    return resolved
+
+
+def _match_keys(state: dict[str, torch.Tensor], expected: set[str], has_base_prefix: bool) -> dict[str, torch.Tensor]:
+    """Rename checkpoint keys to the model's: add or strip the `biogpt.` prefix, drop other heads."""
+    matched = {}
+    unexpected = []
+    for name, tensor in state.items():
+        candidates = [name]
+        if has_base_prefix and not name.startswith("biogpt.") and not name.startswith(HEAD_PREFIXES):
+            candidates.append("biogpt." + name)  # a bare BioGptModel checkpoint under a head
+        if not has_base_prefix and name.startswith("biogpt."):
+            candidates.append(name.removeprefix("biogpt."))  # a head checkpoint loaded as BioGptModel
+        target = next((c for c in candidates if c in expected), None)
+        if target is not None:
+            matched[target] = tensor
+        elif name.startswith(HEAD_PREFIXES):
+            logger.info("Ignoring %s: it belongs to another task head.", name)
+        else:
+            unexpected.append(name)
+    if unexpected:
+        raise ValueError(
+            f"The checkpoint has weights this BioGPT configuration does not: {', '.join(sorted(unexpected)[:10])}"
+            + (" ..." if len(unexpected) > 10 else "")
+            + ". Is config.json from the same checkpoint?"
+        )
+    return matched
+
+
+def load_pretrained(
+    cls,
+    name_or_path: str | Path,
+    dtype: Any = None,
+    device: str | torch.device = "cpu",
+    config: BioGptConfig | None = None,
+    torch_dtype: Any = None,
+    **config_overrides: Any,
+):
+    """Build `cls` from a checkpoint without a second copy of the weights in memory.
+
+    The model is built without initialising its placeholders and the loaded tensors are
+    assigned to it. Head weights the checkpoint lacks are initialised, logged, and flagged on the model as
+    `head_is_untrained`. Keys that fit no BioGPT model, missing base weights and wrong shapes
+    raise an error naming them. `config_overrides` (e.g. `id2label=`) update config.json's values.
+    """
+    folder = resolve_model_dir(
+        name_or_path,
+        [CONFIG_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX, "model-*.safetensors", TORCH_FILE, TORCH_INDEX, "pytorch_model-*.bin"],
+    )
+    if config is None:
+        if not (folder / CONFIG_FILE).is_file():
+            raise ModelNotAvailableError(f"{folder} has no {CONFIG_FILE}; it is not a BioGPT checkpoint folder.")
+        with open(folder / CONFIG_FILE, encoding="utf-8") as f:
+            values = json.load(f)
+        config = BioGptConfig.from_dict({**values, **config_overrides})
+    target_dtype = _resolve_dtype(torch_dtype if dtype is None else dtype, config)
+
+    with uninitialised_parameters():
+        model = cls(config)
+    expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = read_state_dict(folder, target_dtype, device)
+    state = _match_keys(state, set(expected_shapes), has_base_prefix=hasattr(model, "biogpt"))
+
+    wrong = [f"{n} {tuple(t.shape)} (expected {expected_shapes[n]})" for n, t in state.items() if tuple(t.shape) != expected_shapes[n]]
+    if wrong:
+        raise ValueError("Weights of the wrong shape: " + "; ".join(wrong) + ". Is config.json from the same checkpoint?")
+
+    tied = {"output_projection.weight"} if config.tie_word_embeddings and hasattr(model, "output_projection") else set()
+    missing = set(expected_shapes) - set(state) - tied
+    missing_base = sorted(n for n in missing if not n.startswith(HEAD_PREFIXES))
+    if missing_base:
+        raise ValueError(f"The checkpoint lacks weights of the model itself: {', '.join(missing_base[:10])}.")
+
+    model.load_state_dict(state, strict=False, assign=True)
+    if missing:
+        _initialise_missing(model, missing, target_dtype or next(iter(state.values())).dtype, device)
+        model.head_is_untrained = True
+        logger.warning(
+            "%s has no trained weights for %s in %s: they were initialised at random, so its outputs mean nothing "
+            "until it is fine-tuned.", cls.__name__, ", ".join(sorted(missing)), name_or_path,
+        )
+    model.tie_weights()
+    return model.eval()
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+@contextmanager
+def uninitialised_parameters():
+    """Build modules without random init: every value is about to be replaced by loaded weights.
+
+    torch.empty does not touch its pages, so the placeholders cost neither time nor memory until
+    load_state_dict(assign=True) swaps them out. (Meta-device construction would do the same but
+    pulls in torch._dynamo and sympy on first use: two seconds of cold start.) The patch is
+    process-wide, so builds take a lock; nothing else in this project builds layers concurrently.
+    """
+    classes = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm)
+    with _BUILD_LOCK:
+        saved = {cls: cls.reset_parameters for cls in classes}
+        for cls in classes:
+            cls.reset_parameters = lambda self: None
+        try:
+            yield
+        finally:
+            for cls, reset in saved.items():
+                cls.reset_parameters = reset
+
+
+def _initialise_missing(model: torch.nn.Module, missing: set[str], dtype: torch.dtype, device: str | torch.device) -> None:
+    for module_name, module in model.named_modules():
+        names = [n for n, _ in module.named_parameters(recurse=False) if f"{module_name}.{n}".lstrip(".") in missing]
+        if not names:
+            continue
+        for name in names:
+            shape = getattr(module, name).shape
+            setattr(module, name, torch.nn.Parameter(torch.empty(shape, dtype=dtype, device=device)))
+        model._init_module(module)
+
+
+def save_pretrained(model, directory: str | Path) -> None:
+    """Write config.json + model.safetensors in the layout transformers writes (tied weights once)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config
+    config.extra["architectures"] = [type(model).__name__]
+    config.extra["dtype"] = str(model.dtype).removeprefix("torch.")
+    config.save(directory)
+    state = model.state_dict()
+    if config.tie_word_embeddings:
+        state.pop("output_projection.weight", None)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / SAFETENSORS_FILE, metadata={"format": "pt"})

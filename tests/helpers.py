@@ -1,0 +1,57 @@
+"""Shared test fixtures: perturbed random checkpoints saved by transformers, loaded by both sides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DATA = SHARED / "data"
+
+# Shapes the parity tests cover: a tiny one, an odd one, and the real microsoft/biogpt shape.
+TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
+ODD = dict(vocab_size=777, hidden_size=96, num_hidden_layers=5, num_attention_heads=3, intermediate_size=200, max_position_embeddings=96)
+FULL = dict()  # transformers' BioGptConfig defaults are microsoft/biogpt's shape
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 20.0) -> None:
+    """A fresh random BioGPT is nearly constant; scale matrices and jitter norms and biases.
+
+    Matrices x `scale` give varied greedy paths; embeddings stay small so LayerNorm inputs are sane.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.dim() == 2 and "embed" not in name:
+                param.mul_(scale)
+            elif param.dim() == 1:
+                param.add_(0.1 * noise)
+
+
+def hf_checkpoint(
+    tmp_path: Path, shape: dict, head: str = "BioGptForCausalLM", seed: int = 0, scale: float = 20.0, **config_kwargs
+) -> Path:
+    """Build a perturbed transformers model of `shape`, save it, return the folder."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.BioGptConfig(**shape, **config_kwargs)
+    model = getattr(transformers, head)(config)
+    perturb_(model, seed, scale)
+    folder = tmp_path / f"{head}-{seed}"
+    model.save_pretrained(folder)
+    return folder
+
+
+def load_hf(folder: Path, head: str = "BioGptForCausalLM"):
+    """The oracle, with eager attention so that attentions are returned."""
+    import transformers
+
+    return getattr(transformers, head).from_pretrained(folder, attn_implementation="eager").eval()
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a.float() - b.float()).abs().max().item()
