@@ -47,10 +47,11 @@ def hf_checkpoint(
 
 
 def load_hf(folder: Path, head: str = "BioGptForCausalLM"):
-    """The oracle, with eager attention so that attentions are returned."""
+    """The oracle in fp32 (transformers 5 would keep a checkpoint's fp16), with eager attention
+    so that attentions are returned."""
     import transformers
 
-    return getattr(transformers, head).from_pretrained(folder, attn_implementation="eager").eval()
+    return getattr(transformers, head).from_pretrained(folder, attn_implementation="eager", dtype=torch.float32).eval()
 
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
