@@ -1,0 +1,1024 @@
+"""Decoding: greedy, sampling, beam search, penalties, stop rules and streaming.
+
+Token for token the same as transformers' `generate` (5.x) on the same weights: the logits
+processors run in the order transformers builds them, sampling draws with the same
+`torch.multinomial` call (so a private generator seeded with `seed` gives what
+`torch.manual_seed(seed)` gives transformers) and beam search is a port of its vectorised
+implementation, down to the -1e9 sentinels that decide ties.
+
+What differs is the plumbing, which is where the speed comes from: one preallocated KV cache
+and one preallocated id buffer per request, a prefill that projects only the last position, a
+decode step that feeds one token and builds no mask when nothing is padded, and no per-step
+bookkeeping that the request did not ask for.
+
+Three entry points:
+  generate(model, input_ids, ...)            -> ids, like transformers
+  generate_detailed(model, tokenizer, ...)   -> one GeneratedSequence per output (text, per-token
+                                                log-probabilities, alternatives, finish reason)
+  stream(model, tokenizer, prompt, ...)      -> one StreamEvent per new token
+
+Probabilities reported (`logprob`, `alternatives`) are those of the distribution the decoder
+actually chose from: the model's logits after every processor that was switched on (repetition
+penalty, n-gram and bad-word bans, min_new_tokens, and for sampling temperature, top-k, top-p,
+typical-p), renormalised with a softmax. With plain greedy decoding that is the model's own
+distribution.
+
+The text of a continuation is `tokenizer.decode(new_ids, skip_special_tokens=True)` of the new
+tokens only (never the prompt), cut before the first stop string if one ended generation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .model import KVCache
+
+FinishReason = str  # "length" | "eos" | "stop"
+
+_UNSET: Any = object()  # tells "not passed" from an explicit None (eos_token_id=None disables eos)
+
+# transformers' GenerationConfig defaults, which BioGPT checkpoints do not override.
+DEFAULT_MAX_NEW_TOKENS = 20
+DEFAULT_TOP_K = 50
+
+
+# --------------------------------------------------------------------------------------------
+# Public results
+
+
+@dataclass
+class TokenChoice:
+    """One candidate for the next token and its probability under the decoding distribution."""
+
+    token_id: int
+    token: str
+    probability: float
+
+
+@dataclass
+class GeneratedSequence:
+    """One generated continuation with everything a UI needs to show how sure the model was."""
+
+    text: str  # the continuation only, special tokens skipped, cut before a stop string
+    token_ids: list[int]  # new tokens, including the final eos if one was generated; no padding
+    token_logprobs: list[float]  # natural log-probability of each token in token_ids
+    alternatives: list[list[TokenChoice]]  # the most likely candidates at each step, best first
+    finish_reason: FinishReason
+    prompt_index: int = 0  # which prompt of the batch this continues
+    beam_score: float | None = None  # beam search only: transformers' `sequences_scores`
+
+
+@dataclass
+class StreamEvent:
+    """One new token. `text` is the newly settled text (possibly ""): all events' `text` joined
+    equal the final continuation exactly."""
+
+    text: str
+    token_id: int
+    token: str
+    logprob: float
+    alternatives: list[TokenChoice]
+    finish_reason: FinishReason | None = None  # set on the last event only
+
+
+# --------------------------------------------------------------------------------------------
+# Settings: Hugging Face's names and defaults, checked once with messages a user understands
+
+
+@dataclass
+class GenerationSettings:
+    max_new_tokens: int
+    min_new_tokens: int = 0
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = DEFAULT_TOP_K
+    top_p: float = 1.0
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.0
+    no_repeat_ngram_size: int = 0
+    bad_words_ids: list[list[int]] | None = None
+    num_beams: int = 1
+    length_penalty: float = 1.0
+    early_stopping: bool | str = False
+    num_return_sequences: int = 1
+    eos_token_ids: list[int] = field(default_factory=list)
+    pad_token_id: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+_KNOWN_KEYS = {
+    "max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k",
+    "top_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "num_beams",
+    "length_penalty", "early_stopping", "num_return_sequences", "eos_token_id", "pad_token_id", "stop",
+    "seed", "use_cache",
+}
+
+
+def resolve_settings(config, prompt_length: int, **kwargs: Any) -> GenerationSettings:
+    """Turn generate()'s keywords into checked settings, or raise ValueError saying what to change."""
+    unknown = set(kwargs) - _KNOWN_KEYS
+    if unknown:
+        raise TypeError(f"generate() got unexpected keyword argument(s): {', '.join(sorted(unknown))}.")
+    get = kwargs.get
+    max_positions = config.max_position_embeddings
+    room = max_positions - prompt_length
+    if prompt_length < 1:
+        raise ValueError("The prompt is empty: give at least one token to continue from.")
+
+    max_new = get("max_new_tokens")
+    if max_new is None and get("max_length") is not None:
+        max_new = int(get("max_length")) - prompt_length  # transformers: max_length counts the prompt
+        if max_new < 1:
+            raise ValueError(
+                f"max_length={get('max_length')} leaves no room after the {prompt_length}-token prompt; "
+                "use max_new_tokens to say how many tokens to add."
+            )
+    if max_new is None:
+        if room < 1:
+            raise ValueError(
+                f"The prompt has {prompt_length} tokens and fills all {max_positions} positions this model "
+                "can see, so there is no room for new tokens; shorten the prompt."
+            )
+        max_new = min(DEFAULT_MAX_NEW_TOKENS, room)  # transformers' default, capped like transformers
+    if isinstance(max_new, bool) or int(max_new) != max_new or max_new < 1:
+        raise ValueError(f"max_new_tokens must be a whole number of at least 1, got {max_new!r}.")
+    max_new = int(max_new)
+    if prompt_length + max_new > max_positions:
+        if room < 1:
+            raise ValueError(
+                f"The prompt has {prompt_length} tokens and fills all {max_positions} positions this model "
+                "can see, so there is no room for new tokens; shorten the prompt."
+            )
+        raise ValueError(
+            f"The prompt has {prompt_length} tokens and {max_new} new tokens were asked for, but this model "
+            f"sees at most {max_positions} positions; ask for at most {room} new tokens or shorten the prompt."
+        )
+
+    min_new = get("min_new_tokens")
+    if min_new is None and get("min_length") is not None:
+        min_new = max(int(get("min_length")) - prompt_length, 0)
+    min_new = 0 if min_new is None else min_new
+    if isinstance(min_new, bool) or int(min_new) != min_new or min_new < 0:
+        raise ValueError(f"min_new_tokens must be a whole number of at least 0, got {min_new!r}.")
+
+    do_sample = bool(get("do_sample") or False)
+    temperature = 1.0 if get("temperature") is None else float(get("temperature"))
+    top_k = DEFAULT_TOP_K if get("top_k") is None else get("top_k")
+    top_p = 1.0 if get("top_p") is None else float(get("top_p"))
+    typical_p = 1.0 if get("typical_p") is None else float(get("typical_p"))
+    repetition_penalty = 1.0 if get("repetition_penalty") is None else float(get("repetition_penalty"))
+    if do_sample and not temperature > 0:
+        raise ValueError(
+            f"temperature must be greater than 0 when sampling (got {temperature}); "
+            "for deterministic output use do_sample=False instead."
+        )
+    if isinstance(top_k, bool) or int(top_k) != top_k or top_k < 0:
+        raise ValueError(f"top_k must be a whole number of at least 0 (0 turns it off), got {top_k!r}.")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be greater than 0 and at most 1 (1 turns it off), got {top_p}.")
+    if not 0 < typical_p <= 1:
+        raise ValueError(f"typical_p must be greater than 0 and at most 1 (1 turns it off), got {typical_p}.")
+    if not repetition_penalty > 0:
+        raise ValueError(
+            f"repetition_penalty must be greater than 0 (1 turns it off, above 1 discourages repeats), "
+            f"got {repetition_penalty}."
+        )
+
+    ngram = get("no_repeat_ngram_size") or 0
+    if isinstance(ngram, bool) or int(ngram) != ngram or ngram < 0:
+        raise ValueError(f"no_repeat_ngram_size must be a whole number of at least 0, got {ngram!r}.")
+
+    num_beams = 1 if get("num_beams") is None else get("num_beams")
+    if isinstance(num_beams, bool) or int(num_beams) != num_beams or num_beams < 1:
+        raise ValueError(f"num_beams must be a whole number of at least 1, got {num_beams!r}.")
+    num_return = 1 if get("num_return_sequences") is None else get("num_return_sequences")
+    if isinstance(num_return, bool) or int(num_return) != num_return or num_return < 1:
+        raise ValueError(f"num_return_sequences must be a whole number of at least 1, got {num_return!r}.")
+    if num_beams > 1 and num_return > num_beams:
+        raise ValueError(
+            f"Beam search with {num_beams} beams can return at most {num_beams} sequences, but "
+            f"num_return_sequences={num_return}; raise num_beams or lower num_return_sequences."
+        )
+    if num_beams == 1 and not do_sample and num_return > 1:
+        raise ValueError(
+            "Greedy decoding gives the same sequence every time, so num_return_sequences must be 1; "
+            "use do_sample=True or num_beams > 1 to get several different sequences."
+        )
+    early_stopping = False if get("early_stopping") is None else get("early_stopping")
+    if early_stopping not in (True, False, "never"):
+        raise ValueError(f"early_stopping must be True, False or 'never', got {early_stopping!r}.")
+    length_penalty = 1.0 if get("length_penalty") is None else float(get("length_penalty"))
+
+    eos = kwargs.get("eos_token_id", _UNSET)
+    if eos is _UNSET:
+        eos = config.eos_token_id
+    eos_ids = [] if eos is None else [int(eos)] if isinstance(eos, int) else [int(t) for t in eos]
+    pad = kwargs.get("pad_token_id", _UNSET)
+    if pad is _UNSET:
+        pad = config.pad_token_id
+    if pad is None:  # transformers pads finished rows with the first eos then
+        pad = eos_ids[0] if eos_ids else 0
+
+    bad_words = get("bad_words_ids")
+    if bad_words is not None:
+        if not isinstance(bad_words, (list, tuple)) or not bad_words or not all(
+            isinstance(word, (list, tuple)) and word for word in bad_words
+        ):
+            raise ValueError(
+                "bad_words_ids must be a non-empty list of non-empty lists of token ids, e.g. [[42], [7, 9]]."
+            )
+        bad_words = [[int(t) for t in word] for word in bad_words]
+        out_of_range = sorted({t for word in bad_words for t in word if not 0 <= t < config.vocab_size})
+        if out_of_range:
+            raise ValueError(
+                f"bad_words_ids holds ids outside this model's vocabulary of {config.vocab_size}: {out_of_range}."
+            )
+
+    stop = get("stop") or []
+    stop = [stop] if isinstance(stop, str) else list(stop)
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ValueError("Each stop string must be a non-empty string.")
+
+    seed = get("seed")
+    if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
+        raise ValueError(f"seed must be a whole number, got {seed!r}.")
+
+    return GenerationSettings(
+        max_new_tokens=max_new, min_new_tokens=int(min_new), do_sample=do_sample, temperature=temperature,
+        top_k=int(top_k), top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
+        no_repeat_ngram_size=int(ngram), bad_words_ids=bad_words, num_beams=int(num_beams),
+        length_penalty=length_penalty, early_stopping=early_stopping, num_return_sequences=int(num_return),
+        eos_token_ids=eos_ids, pad_token_id=int(pad), stop=stop, seed=None if seed is None else int(seed),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Logits processors: pure functions of (ids so far, scores) -> scores, written as transformers
+# writes them so the numbers agree to the last bit.
+
+Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def repetition_penalty(
+    ids: torch.Tensor, scores: torch.Tensor, penalty: float, ignore_before: torch.Tensor | None
+) -> torch.Tensor:
+    """Divide positive (multiply negative) scores of every token already in the row; left padding is ignored."""
+    vocab = scores.shape[-1]
+    ids = ids.clamp(max=vocab)
+    if ignore_before is not None:
+        positions = torch.arange(ids.shape[1], device=ids.device)
+        ids = ids.masked_fill(positions[None, :] < ignore_before[:, None], vocab)
+    seen = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
+    seen.scatter_(1, ids, True)
+    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
+    return torch.where(seen[:, :vocab], penalised, scores)
+
+
+def no_repeat_ngram(ids: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
+    """Ban every token that would complete an n-gram already present in the row (prompt included)."""
+    length = ids.shape[-1]
+    if length < n:
+        return scores
+    prefix = ids[:, length + 1 - n:]
+    windows = ids.unfold(dimension=1, size=n, step=1)
+    matches = (windows[..., :-1] == prefix.unsqueeze(1)).all(dim=-1)
+    vocab = scores.shape[-1]
+    banned = scores.new_zeros((scores.shape[0], vocab + 1), dtype=torch.bool)
+    banned.scatter_(1, torch.where(matches, windows[..., -1].clamp(max=vocab), vocab), True)
+    return scores.masked_fill(banned[:, :vocab], -float("inf"))
+
+
+def make_bad_words(bad_words_ids: list[list[int]], eos_ids: list[int], vocab: int, device) -> Processor | None:
+    """Ban single tokens outright and the last token of longer sequences when their prefix just occurred.
+
+    Like transformers, a bad word that is just an eos token is dropped (generation must be able to end).
+    """
+    words = [w for w in bad_words_ids if not (len(w) == 1 and w[0] in eos_ids)]
+    if not words:
+        return None
+    always = torch.zeros(vocab, dtype=torch.bool, device=device)
+    always[[w[0] for w in words if len(w) == 1]] = True
+    by_prefix_length: dict[int, list[list[int]]] = {}
+    for w in words:
+        if len(w) > 1:
+            by_prefix_length.setdefault(len(w) - 1, []).append(w)
+    groups = [
+        (torch.tensor([w[:-1] for w in group], device=device), torch.tensor([w[-1] for w in group], device=device))
+        for group in by_prefix_length.values()
+    ]
+
+    def bad_words(ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        banned = always.expand_as(scores)
+        for prefixes, last_tokens in groups:
+            if prefixes.shape[1] > ids.shape[1]:
+                continue
+            matching = (ids[:, None, -prefixes.shape[1]:] == prefixes).all(dim=-1)  # [rows, words]
+            # index_add, not indexed assignment: several words may end in the same token.
+            hits = torch.zeros(scores.shape, device=scores.device).index_add_(1, last_tokens, matching.float())
+            banned = banned | (hits > 0)
+        return scores.masked_fill(banned, -math.inf)
+
+    return bad_words
+
+
+def suppress_eos(scores: torch.Tensor, eos_mask: torch.Tensor) -> torch.Tensor:
+    return torch.where(eos_mask, -math.inf, scores)
+
+
+def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
+    k = min(k, scores.shape[-1])
+    kth_best = torch.topk(scores, k)[0][..., -1, None]
+    return scores.masked_fill(scores < kth_best, -math.inf)
+
+
+def top_p_filter(scores: torch.Tensor, top_p: float, keep: int) -> torch.Tensor:
+    """Keep the smallest set of best tokens whose probabilities add up to more than top_p."""
+    sorted_scores, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[..., -keep:] = 0
+    remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, -math.inf)
+
+
+def typical_filter(scores: torch.Tensor, mass: float, keep: int) -> torch.Tensor:
+    """Keep the tokens whose surprise is closest to the entropy, up to `mass` of probability."""
+    log_probs = F.log_softmax(scores, dim=-1)
+    entropy = -(log_probs * log_probs.exp()).nansum(-1, keepdim=True)
+    shifted = torch.abs(-log_probs - entropy)
+    sorted_shifted, sorted_indices = torch.sort(shifted, descending=False)
+    cumulative = scores.gather(-1, sorted_indices).softmax(dim=-1).cumsum(dim=-1)
+    last = (cumulative < mass).sum(dim=1)
+    last.clamp_(max=sorted_shifted.shape[-1] - 1)
+    remove_sorted = sorted_shifted > sorted_shifted.gather(1, last.view(-1, 1))
+    remove_sorted[..., :keep] = 0
+    remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, -math.inf)
+
+
+def build_processors(
+    settings: GenerationSettings, prompt_length: int, vocab: int, device, ignore_before: torch.Tensor | None
+) -> list[Processor]:
+    """The processors transformers' `_get_logits_processor` would build, in its order.
+
+    Penalties and bans first, then (sampling only) the warpers temperature, top-k, top-p, typical-p.
+    """
+    s = settings
+    processors: list[Processor] = []
+    if s.repetition_penalty != 1.0:
+        processors.append(lambda ids, x: repetition_penalty(ids, x, s.repetition_penalty, ignore_before))
+    if s.no_repeat_ngram_size > 0:
+        processors.append(lambda ids, x: no_repeat_ngram(ids, x, s.no_repeat_ngram_size))
+    if s.bad_words_ids is not None:
+        bad_words = make_bad_words(s.bad_words_ids, s.eos_token_ids, vocab, device)
+        if bad_words is not None:
+            processors.append(bad_words)
+    if s.min_new_tokens > 0 and s.eos_token_ids:
+        eos_mask = torch.isin(torch.arange(vocab, device=device), torch.tensor(s.eos_token_ids, device=device))
+        processors.append(
+            lambda ids, x: suppress_eos(x, eos_mask) if ids.shape[-1] - prompt_length < s.min_new_tokens else x
+        )
+    if s.do_sample:
+        # Beam sampling keeps one token more than there are eos ids so a beam can always go on.
+        keep = len(s.eos_token_ids) + 1 if s.num_beams > 1 and s.eos_token_ids else 2 if s.num_beams > 1 else 1
+        if s.temperature != 1.0:
+            processors.append(lambda ids, x: x / s.temperature)
+        if s.top_k != 0:
+            processors.append(lambda ids, x: top_k_filter(x, max(s.top_k, keep)))
+        if s.top_p < 1.0:
+            processors.append(lambda ids, x: top_p_filter(x, s.top_p, keep))
+        if s.typical_p < 1.0:
+            processors.append(lambda ids, x: typical_filter(x, s.typical_p, keep))
+    return processors
+
+
+def apply_processors(processors: list[Processor], ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    for process in processors:
+        scores = process(ids, scores)
+    return scores
+
+
+# --------------------------------------------------------------------------------------------
+# The two model calls
+
+
+def prefill(model, ids: torch.Tensor, mask: torch.Tensor | None, cache: KVCache) -> torch.Tensor:
+    """Run the whole prompt once, filling the cache; project only the last position to logits."""
+    out = model(ids, attention_mask=mask, past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1]
+
+
+def decode_one(
+    model, tokens: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, positions: torch.Tensor | None
+) -> torch.Tensor:
+    """One new token per row against the cache. Without padding no mask and no positions are passed,
+    so the model builds neither."""
+    out = model(tokens[:, None], attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True)
+    return out.logits[:, -1]
+
+
+# --------------------------------------------------------------------------------------------
+# Text: incremental decoding for stop strings and streaming
+
+
+class ContinuationText:
+    """The decoded text of one row's new tokens, kept current as tokens arrive, and the part of
+    it already handed out as stream deltas.
+
+    Moses detokenisation is not incremental, so the whole continuation is decoded again each
+    step. What no later token can change is everything before the last space: the last word
+    may still grow (BPE), or be joined by a hyphen ("@-@") or a contraction, while the rules that
+    place earlier words look only leftwards. From that, enough characters are held back that a
+    stop string cannot start inside text already handed out.
+    """
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.hold_back = max((len(s) for s in stop), default=1) - 1
+        self.ids: list[int] = []
+        self.text = ""
+        self.stop_at: int | None = None  # where a stop string began; text is cut there
+        self.emitted = 0  # characters of text already handed out
+
+    def append(self, token_id: int) -> bool:
+        """Add a token; True if a stop string now appears (the text is then cut before it)."""
+        self.ids.append(token_id)
+        self.text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if self.stop:
+            found = [i for i in (self.text.find(s) for s in self.stop) if i >= 0]
+            if found:
+                self.stop_at = min(found)
+                self.text = self.text[: self.stop_at]
+                return True
+        return False
+
+    def delta(self, final: bool) -> str:
+        """Text settled since the last call; `final` flushes everything that is left."""
+        end = len(self.text) if final else max(self.text.rfind(" ") - self.hold_back, 0)
+        if end <= self.emitted:
+            return ""
+        piece = self.text[self.emitted:end]
+        self.emitted = end
+        return piece
+
+
+def stop_string_hit(tokenizer, stop: list[str], new_ids: list[int]) -> bool:
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    return any(s in text for s in stop)
+
+
+# --------------------------------------------------------------------------------------------
+# Greedy and sampling
+
+
+@dataclass
+class _Step:
+    """What one decoding step produced, handed to whoever consumes the loop."""
+
+    index: int
+    tokens: torch.Tensor  # [rows] the chosen tokens (pad for rows already finished)
+    scores: torch.Tensor  # [rows, vocab] processed scores the tokens were chosen from
+    finished: dict[int, FinishReason]  # rows that finished at this step
+
+
+@dataclass
+class _Run:
+    """State of one greedy/sampling request, readable once the loop is exhausted."""
+
+    sequences: torch.Tensor  # [rows, prompt + max_new] ids buffer, pad-filled
+    prompt_length: int
+    steps: int = 0
+    reasons: list[FinishReason | None] = field(default_factory=list)
+    texts: list[ContinuationText] | None = None
+
+    def ids(self) -> torch.Tensor:
+        return self.sequences[:, : self.prompt_length + self.steps]
+
+
+def _private_generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """Sampling draws from its own generator, so concurrent requests and the global RNG never meet.
+
+    Seeded the same way, it yields the same stream as `torch.manual_seed(seed)` gives the global one.
+    """
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()  # fresh entropy from the OS; the global RNG is not touched
+    else:
+        generator.manual_seed(seed)
+    return generator
+
+
+def _sampling_loop(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    settings: GenerationSettings,
+    run: _Run,
+    tokenizer=None,
+    track_text: bool = False,
+) -> Iterator[_Step]:
+    """Greedy or multinomial decoding, one yield per new token.
+
+    The model is called only when the next step is asked for, so a consumer that stops
+    iterating stops the work at once.
+    """
+    s = settings
+    rows, prompt_length = ids.shape
+    vocab = model.config.vocab_size
+    device = ids.device
+    need_text = tokenizer is not None and (bool(s.stop) or track_text)
+    if need_text:
+        run.texts = [ContinuationText(tokenizer, s.stop) for _ in range(rows)]
+    run.reasons = [None] * rows
+
+    with torch.inference_mode():
+        ignore_before = None if mask is None else (mask != 0).int().argmax(dim=1)
+        processors = build_processors(s, prompt_length, vocab, device, ignore_before)
+        generator = _private_generator(s.seed, device) if s.do_sample else None
+        eos = torch.tensor(s.eos_token_ids, device=device) if s.eos_token_ids else None
+        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
+        cache = KVCache(len(model.biogpt.layers), capacity=prompt_length + s.max_new_tokens - 1)
+        full_mask = positions = None
+        if mask is not None:
+            full_mask = mask.new_ones((rows, prompt_length + s.max_new_tokens))
+            full_mask[:, :prompt_length] = mask
+            positions = mask.sum(dim=-1, keepdim=True) - 1  # of the last prompt token
+        logits = prefill(model, ids, mask, cache)
+
+    any_finished = False
+    for step in range(s.max_new_tokens):
+        length = prompt_length + step
+        finished: dict[int, FinishReason] = {}
+        with torch.inference_mode():
+            if step:
+                if positions is not None:
+                    positions = positions + 1
+                logits = decode_one(
+                    model, run.sequences[:, length - 1], cache,
+                    None if full_mask is None else full_mask[:, :length], positions,
+                )
+            scores = logits.float()
+            scores = apply_processors(processors, run.sequences[:, :length], scores)
+            if generator is not None:
+                probs = F.softmax(scores, dim=-1)
+                tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+            else:
+                tokens = torch.argmax(scores, dim=-1)
+            if any_finished:  # finished rows go on with padding, as in transformers
+                tokens = torch.where(unfinished, tokens, s.pad_token_id)
+            run.sequences[:, length] = tokens
+            run.steps = step + 1
+
+            if eos is not None:
+                hit_eos = torch.isin(tokens, eos) & unfinished
+                if bool(hit_eos.any()):
+                    finished.update((row, "eos") for row in hit_eos.nonzero().flatten().tolist())
+            if need_text:
+                token_list = tokens.tolist()
+                for row, text in enumerate(run.texts):
+                    if run.reasons[row] is None:
+                        if text.append(token_list[row]) and row not in finished:
+                            finished[row] = "stop"
+            for row, reason in finished.items():
+                run.reasons[row] = reason
+                unfinished[row] = False
+                any_finished = True
+            if step == s.max_new_tokens - 1:
+                for row in range(rows):
+                    if run.reasons[row] is None:
+                        run.reasons[row] = finished[row] = "length"
+        yield _Step(step, tokens, scores, finished)
+        if any_finished and not bool(unfinished.any()):
+            return
+
+
+# --------------------------------------------------------------------------------------------
+# Beam search: a port of transformers' vectorised `_beam_search`
+
+
+@dataclass
+class _BeamResult:
+    sequences: torch.Tensor  # [batch * num_return, length]
+    scores: torch.Tensor  # [batch * num_return] length-penalised, as transformers' sequences_scores
+    beam_indices: torch.Tensor  # [batch * num_return, new] flat running row that produced each token
+    token_logprobs: torch.Tensor | None  # [batch * num_return, new] (details only)
+    step_alternatives: list[tuple[torch.Tensor, torch.Tensor]] | None  # per step (values, ids) [rows, k]
+
+
+def _gather_beams(tensor: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    while indices.dim() < tensor.dim():
+        indices = indices.unsqueeze(-1)
+    return torch.take_along_dim(tensor, indices, dim=1)
+
+
+def _reorder_cache(cache: KVCache, rows: torch.Tensor) -> None:
+    """Keep the surviving beams' keys and values, in place in the preallocated buffers."""
+    filled = cache.length
+    for buffers in (cache.keys, cache.values):
+        for layer, buffer in enumerate(buffers):
+            if buffer is not None:
+                buffer[:, :, :filled] = buffer[:, :, :filled].index_select(0, rows)
+
+
+def _beam_search(
+    model,
+    ids: torch.Tensor,
+    mask: torch.Tensor | None,
+    settings: GenerationSettings,
+    tokenizer=None,
+    details_k: int = 0,
+) -> _BeamResult:
+    """`ids` already holds each prompt num_beams times (repeat_interleave), as in transformers."""
+    s = settings
+    num_beams, device = s.num_beams, ids.device
+    flat_rows, prompt_length = ids.shape
+    batch = flat_rows // num_beams
+    max_length = prompt_length + s.max_new_tokens
+    vocab = model.config.vocab_size
+    eos = torch.tensor(s.eos_token_ids, device=device) if s.eos_token_ids else None
+    beams_to_keep = max(2, 1 + len(s.eos_token_ids)) * num_beams
+    top_num_beam_mask = torch.cat(
+        (torch.ones(num_beams, dtype=torch.bool), torch.zeros(beams_to_keep - num_beams, dtype=torch.bool))
+    ).to(device)
+    # transformers' fill value for unused slots (`pad or eos[0]`, so a pad id of 0 falls through to eos)
+    fill = (s.pad_token_id if s.pad_token_id else s.eos_token_ids[0]) if s.eos_token_ids else -1
+
+    ignore_before = None if mask is None else (mask != 0).int().argmax(dim=1)
+    processors = build_processors(s, prompt_length, vocab, device, ignore_before)
+    generator = _private_generator(s.seed, device) if s.do_sample else None
+
+    running_sequences = torch.full((batch, num_beams, max_length), fill, dtype=torch.int64, device=device)
+    running_sequences[:, :, :prompt_length] = ids.view(batch, num_beams, prompt_length)
+    sequences = running_sequences.clone()
+    running_scores = torch.zeros((batch, num_beams), dtype=torch.float, device=device)
+    running_scores[:, 1:] = -1e9  # only the first copy of each prompt may start, or all beams would be equal
+    beam_scores = torch.full((batch, num_beams), -1e9, dtype=torch.float, device=device)
+    is_finished = torch.zeros((batch, num_beams), dtype=torch.bool, device=device)
+    can_improve = torch.ones((batch, 1), dtype=torch.bool, device=device)
+    running_indices = torch.full((batch, num_beams, s.max_new_tokens), -1, dtype=torch.int32, device=device)
+    beam_indices = running_indices.clone()
+    track = details_k > 0
+    if track:
+        running_token_lp = torch.zeros((batch, num_beams, s.max_new_tokens), dtype=torch.float, device=device)
+        token_lp = running_token_lp.clone()
+        step_alternatives: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    cache = KVCache(len(model.biogpt.layers), capacity=max_length - 1)
+    full_mask = positions = None
+    if mask is not None:
+        full_mask = mask.new_ones((flat_rows, max_length))
+        full_mask[:, :prompt_length] = mask
+        positions = mask.sum(dim=-1, keepdim=True) - 1
+    logits = prefill(model, ids, mask, cache)
+    flat_running = ids
+    length = prompt_length
+
+    while True:
+        if length > prompt_length:
+            flat_running = running_sequences[:, :, :length].reshape(flat_rows, length)
+            if positions is not None:
+                positions = positions + 1
+            logits = decode_one(
+                model, flat_running[:, -1], cache, None if full_mask is None else full_mask[:, :length], positions
+            )
+        log_probs = F.log_softmax(logits.float(), dim=-1)
+        log_probs = apply_processors(processors, flat_running, log_probs)
+        if track:
+            normalised = F.log_softmax(log_probs, dim=-1)
+            step_alternatives.append(torch.topk(normalised, min(details_k, vocab)))
+        accumulated = (log_probs.view(batch, num_beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
+
+        # The best beams_to_keep continuations over all beams (sampled without replacement when sampling);
+        # twice num_beams, so that num_beams remain even if the best ones all end here.
+        if generator is not None:
+            probs = F.softmax(accumulated, dim=-1)
+            top_indices = torch.multinomial(probs, num_samples=beams_to_keep, generator=generator)
+            top_scores = torch.gather(accumulated, 1, top_indices)
+            top_scores, order = top_scores.sort(dim=-1, descending=True)
+            top_indices = top_indices.gather(-1, order)
+        else:
+            top_scores, top_indices = torch.topk(accumulated, k=beams_to_keep)
+        source_beams = top_indices // vocab
+        top_tokens = top_indices % vocab
+        step = length - prompt_length
+        top_running_indices = _gather_beams(running_indices, source_beams)
+        top_sequences = _gather_beams(running_sequences, source_beams)
+        top_sequences[:, :, length] = top_tokens
+        batch_offset = torch.arange(batch, device=device).view(-1, 1) * num_beams
+        top_running_indices[:, :, step] = source_beams + batch_offset
+        if track:
+            top_token_lp = _gather_beams(running_token_lp, source_beams)
+            top_token_lp[:, :, step] = normalised.view(batch, -1).gather(1, top_indices)
+
+        # Which candidates are done: length, eos, stop strings.
+        if length + 1 >= max_length:
+            hits_stop = torch.ones((batch, beams_to_keep), dtype=torch.bool, device=device)
+        else:
+            hits_stop = torch.zeros_like(top_tokens, dtype=torch.bool) if eos is None else torch.isin(top_tokens, eos)
+            if s.stop and tokenizer is not None:
+                new = top_sequences[:, :, prompt_length: length + 1].tolist()
+                hits_stop = hits_stop | torch.tensor(
+                    [[stop_string_hit(tokenizer, s.stop, cand) for cand in row] for row in new], device=device
+                )
+
+        # The best num_beams unfinished candidates go on.
+        candidate_scores = top_scores + hits_stop.to(torch.float32) * -1.0e9
+        keep = torch.topk(candidate_scores, k=num_beams)[1]
+        running_sequences = _gather_beams(top_sequences, keep)
+        running_scores = _gather_beams(candidate_scores, keep)
+        running_indices = _gather_beams(top_running_indices, keep)
+        if track:
+            running_token_lp = _gather_beams(top_token_lp, keep)
+
+        # Finished candidates among the top num_beams compete, length-penalised, with earlier finished ones.
+        just_finished = hits_stop & top_num_beam_mask[None, :]
+        final_scores = top_scores / ((length + 1 - prompt_length) ** s.length_penalty)
+        batch_full = torch.all(is_finished, dim=-1, keepdim=True) & (s.early_stopping is True)
+        final_scores += batch_full.to(torch.float32) * -1.0e9
+        final_scores += (~can_improve).to(torch.float32) * -1.0e9
+        final_scores += (~just_finished) * -1.0e9
+        merged = torch.topk(torch.cat((beam_scores, final_scores), dim=1), k=num_beams)[1]
+        sequences = _gather_beams(torch.cat((sequences, top_sequences), dim=1), merged)
+        beam_scores = _gather_beams(torch.cat((beam_scores, final_scores), dim=1), merged)
+        beam_indices = _gather_beams(torch.cat((beam_indices, top_running_indices), dim=1), merged)
+        is_finished = _gather_beams(torch.cat((is_finished, just_finished), dim=1), merged)
+        if track:
+            token_lp = _gather_beams(torch.cat((token_lp, top_token_lp), dim=1), merged)
+
+        # The cache follows the surviving beams. Stop when no running beam can beat the finished ones.
+        _reorder_cache(cache, running_indices[..., step].reshape(-1))
+        length += 1
+        if s.early_stopping == "never" and s.length_penalty > 0.0:
+            best_length = max_length - prompt_length
+        else:
+            best_length = length - prompt_length
+        best_running = running_scores[:, :1] / (best_length**s.length_penalty)
+        worst_finished = torch.where(is_finished, torch.min(beam_scores, dim=1, keepdim=True)[0], -1.0e9)
+        can_improve = can_improve & torch.any(best_running > worst_finished, dim=-1, keepdim=True)
+        open_beam = not (bool(torch.all(is_finished)) and s.early_stopping is True)
+        if not (bool(torch.any(can_improve)) and open_beam and not bool(torch.all(hits_stop))):
+            break
+
+    n = s.num_return_sequences
+    sequences = sequences[:, :n].reshape(batch * n, max_length)
+    scores = beam_scores[:, :n].reshape(-1)
+    beam_indices = beam_indices[:, :n].reshape(batch * n, -1)
+    generated = int(((beam_indices + 1).bool()).sum(dim=1).max())
+    return _BeamResult(
+        sequences=sequences[:, : prompt_length + generated],
+        scores=scores,
+        beam_indices=beam_indices[:, :generated],
+        token_logprobs=token_lp[:, :n].reshape(batch * n, -1)[:, :generated] if track else None,
+        step_alternatives=step_alternatives if track else None,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+
+
+def _prepare_inputs(model, input_ids, attention_mask, pad_token_id: int | None, eos_ids: list[int]):
+    """Ids on the model's device as a 2-D long tensor, and the mask, or None when nothing is padded."""
+    ids = torch.as_tensor(input_ids, dtype=torch.long)
+    if ids.dim() == 1:
+        ids = ids.unsqueeze(0)
+    if ids.dim() != 2 or ids.shape[1] == 0 or ids.shape[0] == 0:
+        raise ValueError("The prompt is empty: give at least one token to continue from.")
+    device = model.device
+    ids = ids.to(device)
+    can_infer = pad_token_id is not None and pad_token_id not in eos_ids
+    if attention_mask is None and can_infer and bool((ids == pad_token_id).any()):
+        attention_mask = ids.ne(pad_token_id).long()  # transformers infers the mask from pad tokens
+    if attention_mask is not None:
+        attention_mask = torch.as_tensor(attention_mask).to(device)
+        if attention_mask.dim() == 1:
+            attention_mask = attention_mask.unsqueeze(0)
+        if attention_mask.shape != ids.shape:
+            raise ValueError(
+                f"attention_mask has shape {list(attention_mask.shape)} but input_ids has {list(ids.shape)}."
+            )
+        if not bool(attention_mask.any(dim=-1).all()):
+            raise ValueError(
+                "One of the prompts is empty (its attention mask is all zeros): give every prompt at least one token."
+            )
+        if bool((attention_mask == 1).all()):
+            attention_mask = None  # no padding: the fast path builds no masks at all
+    return ids, attention_mask
+
+
+def _settings_and_inputs(model, input_ids, attention_mask, kwargs):
+    config = model.config
+    eos = kwargs.get("eos_token_id", _UNSET)
+    eos = config.eos_token_id if eos is _UNSET else eos
+    eos_ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    pad = kwargs.get("pad_token_id", _UNSET)
+    pad = config.pad_token_id if pad is _UNSET else pad
+    ids, mask = _prepare_inputs(model, input_ids, attention_mask, pad, eos_ids)
+    settings = resolve_settings(config, ids.shape[1], **kwargs)
+    expand = max(settings.num_beams, settings.num_return_sequences)
+    if expand > 1:
+        ids = ids.repeat_interleave(expand, dim=0)
+        mask = None if mask is None else mask.repeat_interleave(expand, dim=0)
+    return settings, ids, mask
+
+
+def generate(model, input_ids, attention_mask=None, tokenizer=None, **kwargs: Any) -> torch.Tensor:
+    """Like transformers' `generate`: prompt + new tokens, [batch * num_return_sequences, length].
+
+    Rows that finish early are padded with pad_token_id. Keywords and defaults are Hugging
+    Face's (20 new tokens unless told otherwise, top_k=50 when sampling), plus `stop` (strings
+    that end a row; needs `tokenizer`) and `seed` (for a private random generator).
+    """
+    settings, ids, mask = _settings_and_inputs(model, input_ids, attention_mask, kwargs)
+    if settings.stop and tokenizer is None:
+        raise ValueError("Stop strings need the tokenizer to read the text: pass tokenizer=... as well.")
+    if settings.num_beams > 1:
+        with torch.inference_mode():
+            return _beam_search(model, ids, mask, settings, tokenizer).sequences
+    run = _Run(_new_sequence_buffer(ids, settings), ids.shape[1])
+    for _ in _sampling_loop(model, ids, mask, settings, run, tokenizer):
+        pass
+    return run.ids()
+
+
+def _new_sequence_buffer(ids: torch.Tensor, settings: GenerationSettings) -> torch.Tensor:
+    rows, prompt_length = ids.shape
+    with torch.inference_mode():
+        buffer = ids.new_full((rows, prompt_length + settings.max_new_tokens), settings.pad_token_id)
+        buffer[:, :prompt_length] = ids
+    return buffer
+
+
+class _TokenTexts:
+    """Display text of single tokens, memoised: the same few candidates recur at every step."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.memo: dict[int, str] = {}
+
+    def __call__(self, token_id: int) -> str:
+        text = self.memo.get(token_id)
+        if text is None:
+            text = self.memo[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=False)
+        return text
+
+    def choices(self, logprobs: list[float], ids: list[int]) -> list[TokenChoice]:
+        return [TokenChoice(i, self(i), math.exp(v)) for v, i in zip(logprobs, ids)]
+
+
+def _encode_prompts(tokenizer, prompts, pad_token_id: int):
+    """Strings -> left-padded ids and mask (positions come from the mask, so left padding is exact)."""
+    if isinstance(prompts, str):
+        prompts = [prompts]
+    encoded = [list(tokenizer.encode(p)) for p in prompts]
+    longest = max(len(e) for e in encoded)
+    ids = torch.tensor([[pad_token_id] * (longest - len(e)) + e for e in encoded], dtype=torch.long)
+    mask = torch.tensor([[0] * (longest - len(e)) + [1] * len(e) for e in encoded], dtype=torch.long)
+    return ids, mask
+
+
+def generate_detailed(
+    model, tokenizer, prompts, attention_mask=None, alternatives: int = 5, **kwargs: Any
+) -> list[GeneratedSequence]:
+    """Generate and return, per output sequence, its text, tokens, log-probabilities, the
+    `alternatives` most likely candidates at each step and why it ended.
+
+    `prompts` is a string, a list of strings, or ids (a tensor or list of lists, with
+    `attention_mask` for padded batches). Outputs come in transformers' order: for each prompt,
+    its num_return_sequences sequences.
+    """
+    if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
+        pad = kwargs.get("pad_token_id") if kwargs.get("pad_token_id") is not None else model.config.pad_token_id
+        prompts, attention_mask = _encode_prompts(tokenizer, prompts, 1 if pad is None else pad)
+    settings, ids, mask = _settings_and_inputs(model, prompts, attention_mask, kwargs)
+    prompt_length = ids.shape[1]
+    per_prompt = settings.num_return_sequences
+    k = max(int(alternatives), 1)
+    token_texts = _TokenTexts(tokenizer)
+    results: list[GeneratedSequence] = []
+
+    if settings.num_beams > 1:
+        with torch.inference_mode():
+            beam = _beam_search(model, ids, mask, settings, tokenizer, details_k=k)
+        for row in range(beam.sequences.shape[0]):
+            new_ids = beam.sequences[row, prompt_length:].tolist()
+            length = int((beam.beam_indices[row] >= 0).sum())
+            new_ids = new_ids[:length]
+            steps = [(beam.step_alternatives[s], int(beam.beam_indices[row, s])) for s in range(length)]
+            alternatives_per_step = [
+                token_texts.choices(values[r].tolist(), idx[r].tolist()) for (values, idx), r in steps
+            ]
+            results.append(_finish_sequence(
+                tokenizer, settings, new_ids, beam.token_logprobs[row, :length].tolist(), alternatives_per_step,
+                row // per_prompt, beam_score=float(beam.scores[row]),
+            ))
+        return results
+
+    run = _Run(_new_sequence_buffer(ids, settings), prompt_length)
+    rows = ids.shape[0]
+    logprobs: list[list[float]] = [[] for _ in range(rows)]
+    tops: list[list[tuple[list[float], list[int]]]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    for step in _sampling_loop(model, ids, mask, settings, run, tokenizer):
+        with torch.inference_mode():
+            log_probs = F.log_softmax(step.scores, dim=-1)
+            chosen = log_probs.gather(1, step.tokens[:, None]).squeeze(1).tolist()
+            top_values, top_ids = torch.topk(log_probs, min(k, log_probs.shape[-1]))
+            top_values, top_ids = top_values.tolist(), top_ids.tolist()
+        for row in range(rows):
+            if not done[row]:
+                logprobs[row].append(chosen[row])
+                tops[row].append((top_values[row], top_ids[row]))
+                done[row] = row in step.finished
+    for row in range(rows):
+        count = len(logprobs[row])
+        new_ids = run.sequences[row, prompt_length: prompt_length + count].tolist()
+        results.append(GeneratedSequence(
+            text=run.texts[row].text if run.texts else tokenizer.decode(new_ids, skip_special_tokens=True),
+            token_ids=new_ids,
+            token_logprobs=logprobs[row],
+            alternatives=[token_texts.choices(v, i) for v, i in tops[row]],
+            finish_reason=run.reasons[row] or "length",
+            prompt_index=row // per_prompt,
+        ))
+    return results
+
+
+def _finish_sequence(tokenizer, settings, new_ids, logprobs, alternatives_per_step, prompt_index, beam_score=None):
+    text = tokenizer.decode(new_ids, skip_special_tokens=True)
+    reason: FinishReason = "length"
+    if new_ids and new_ids[-1] in settings.eos_token_ids:
+        reason = "eos"
+    cuts = [i for i in (text.find(s) for s in settings.stop) if i >= 0]
+    if cuts and reason != "eos":
+        reason, text = "stop", text[: min(cuts)]
+    return GeneratedSequence(text, new_ids, logprobs, alternatives_per_step, reason, prompt_index, beam_score)
+
+
+def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, **kwargs: Any) -> Iterator[StreamEvent]:
+    """Yield one StreamEvent per new token of a single prompt (greedy or sampling).
+
+    Each event's `text` is the part of the continuation that no later token can change; the
+    last event flushes the rest, so the deltas joined equal the final text (the continuation
+    only, `decode(new_ids, skip_special_tokens=True)`, cut before a stop string). Closing the
+    generator (or breaking out of the loop) stops the model calls at once.
+    """
+    if isinstance(prompt_or_ids, str):
+        ids = torch.tensor([list(tokenizer.encode(prompt_or_ids))], dtype=torch.long)
+    else:
+        ids = torch.as_tensor(prompt_or_ids, dtype=torch.long)
+        ids = ids.unsqueeze(0) if ids.dim() == 1 else ids
+    if ids.shape[0] != 1:
+        raise ValueError("stream() continues one prompt at a time; use generate_detailed() for a batch.")
+    settings, ids, mask = _settings_and_inputs(model, ids, None, kwargs)
+    if settings.num_beams > 1 or settings.num_return_sequences > 1:
+        raise ValueError("Streaming shows one sequence as it grows: use num_beams=1 and num_return_sequences=1.")
+    k = max(int(alternatives), 1)
+    return _stream_events(model, tokenizer, ids, mask, settings, k)
+
+
+def _stream_events(model, tokenizer, ids, mask, settings, k) -> Iterator[StreamEvent]:
+    # A separate generator so that stream()'s argument checks raise when called, not on first next().
+    run = _Run(_new_sequence_buffer(ids, settings), ids.shape[1])
+    steps = _sampling_loop(model, ids, mask, settings, run, tokenizer, track_text=True)
+    token_texts = _TokenTexts(tokenizer)
+    try:
+        for step in steps:
+            with torch.inference_mode():
+                log_probs = F.log_softmax(step.scores[0], dim=-1)
+                token_id = int(step.tokens[0])
+                logprob = float(log_probs[token_id])
+                top_values, top_ids = torch.topk(log_probs, min(k, log_probs.shape[-1]))
+            reason = step.finished.get(0)
+            delta = run.texts[0].delta(final=reason is not None)
+            yield StreamEvent(
+                text=delta,
+                token_id=token_id,
+                token=token_texts(token_id),
+                logprob=logprob,
+                alternatives=token_texts.choices(top_values.tolist(), top_ids.tolist()),
+                finish_reason=reason,
+            )
+            if reason is not None:
+                return
+    finally:
+        steps.close()
+
+
+__all__ = [
+    "GeneratedSequence",
+    "GenerationSettings",
+    "StreamEvent",
+    "TokenChoice",
+    "generate",
+    "generate_detailed",
+    "resolve_settings",
+    "stream",
+]
