@@ -1,35 +1,34 @@
 """BioGPT on plain PyTorch: tokenizer, model, generation and the cached engine behind BioGPT Studio.
 
-Nothing here imports gradio or plotly; `import biogpt` is cheap and works without them.
+Nothing here imports gradio or plotly, and `import biogpt` itself imports nothing heavy: the
+names below load their module (and torch, or sacremoses) on first use, so the app can start
+its web server while torch is still being imported.
 """
 
-from .config import BioGptConfig
-from .model import (
-    BioGptForCausalLM,
-    BioGptForSequenceClassification,
-    BioGptForTokenClassification,
-    BioGptModel,
-    KVCache,
-    ModelOutput,
-)
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "BioGptConfig": ".config",
+    "BioGptModel": ".model",
+    "BioGptForCausalLM": ".model",
+    "BioGptForTokenClassification": ".model",
+    "BioGptForSequenceClassification": ".model",
+    "KVCache": ".model",
+    "ModelOutput": ".model",
+    "BioGptTokenizer": ".tokenizer",
+}
 
 
 def __getattr__(name: str):
-    # The tokenizer pulls in sacremoses; load it only when asked for.
-    if name == "BioGptTokenizer":
-        from .tokenizer import BioGptTokenizer
-
-        return BioGptTokenizer
-    raise AttributeError(f"module 'biogpt' has no attribute {name!r}")
+    if name not in _HOMES:
+        raise AttributeError(f"module 'biogpt' has no attribute {name!r}")
+    return getattr(importlib.import_module(_HOMES[name], __name__), name)
 
 
-__all__ = [
-    "BioGptConfig",
-    "BioGptForCausalLM",
-    "BioGptForSequenceClassification",
-    "BioGptForTokenClassification",
-    "BioGptModel",
-    "BioGptTokenizer",
-    "KVCache",
-    "ModelOutput",
-]
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + list(_HOMES))
+
+
+__all__ = list(_HOMES)
