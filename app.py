@@ -1,7 +1,9 @@
-"""BioGPT Studio: `python app.py [--host 127.0.0.1] [--port 7860]`.
+"""BioGPT Studio: `python app.py [--model ID_OR_PATH] [--device auto|cpu|cuda|mps]
+[--dtype auto|float32|float16|bfloat16] [--host 127.0.0.1] [--port 7860] [--allow-model ID_OR_PATH ...]`.
 
 Offline-safe settings are set before gradio is imported: no analytics, no telemetry, no hub
-calls from gradio_client, and loopback traffic never goes through a proxy.
+calls from gradio_client, and loopback traffic never goes through a proxy. Nothing is
+loaded at import time; the bundled models load in the background once the server is up.
 """
 
 from __future__ import annotations
@@ -20,34 +22,49 @@ def offline_safe_environment() -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="BioGPT Studio: run, inspect and teach BioGPT.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (0.0.0.0 for a Space or a LAN)")
+    parser.add_argument("--model", default="bundled",
+                        help="default language model: 'bundled', a hub id like microsoft/biogpt, or a local folder")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
+                        help="auto: float32 on CPU, bfloat16 (or float16) on a GPU")
+    # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; locally the default stays private.
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="address to serve on (0.0.0.0 for a Space or a LAN)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
+    parser.add_argument("--allow-model", action="append", default=[], metavar="ID_OR_PATH",
+                        help="also offer this hub id or folder in the model pickers (repeatable); visitors "
+                             "can choose only the bundled models, the microsoft/* ones and these")
+    parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default 2)")
+    parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused")
+    parser.add_argument("--max-loaded-models", type=int, default=4, help="models kept in memory (least recently used go)")
+    parser.add_argument("--no-preload", action="store_true", help="load models on first use only")
     return parser.parse_args(argv)
 
 
-def create_app():
-    import gradio as gr
+def build(args: argparse.Namespace):
+    """The engine and the queued app, not yet launched."""
+    from biogpt.engine import Engine
+    from ui import create_app
 
-    with gr.Blocks(title="BioGPT Studio") as demo:
-        gr.Markdown(
-            "# BioGPT Studio\n"
-            "The model core is in place; the Generate, NER, Classify and Attention tabs arrive with "
-            "their issues. Outputs of a language model are not medical advice."
-        )
-    return demo
+    engine = Engine(default_model=args.model, device=args.device, dtype=args.dtype,
+                    allowed_models=args.allow_model, max_loaded_models=args.max_loaded_models)
+    demo = create_app(engine)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    return engine, demo
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     offline_safe_environment()
-    import gradio as gr
+    engine, demo = build(args)
+    from ui import launch_options
 
-    demo = create_app()
-    demo.queue(default_concurrency_limit=2, max_size=32)
-    demo.launch(
-        server_name=args.host, server_port=args.port, share=False, ssr_mode=False,
-        theme=gr.themes.Default(font=["DejaVu Sans", "Arial", "sans-serif"]),
-    )
+    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **launch_options())
+    if not args.no_preload:
+        # Once the page is served, load the default models in the background so they are ready
+        # before the first visitor clicks (a request that comes sooner waits for the same load).
+        engine.preload([(engine.default_model, "generate"), ("bundled-ner", "ner"), ("bundled-hoc", "classify")])
+    demo.block_thread()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,941 @@
+"""The cached core behind BioGPT Studio: models loaded once, then generate, NER and classify.
+
+The UI talks only to `Engine`; it gets back plain dataclasses of strings, floats and numpy
+arrays, so a tab (or a test, or a script) never touches torch. Nothing here imports gradio
+or plotly, and nothing heavy happens at import time: torch and the tokenizer are imported
+when the first model loads, which keeps the app's cold start short.
+
+Sharing between users. A model is loaded once and kept in a small LRU; a per-model lock
+makes concurrent first requests wait for one load instead of loading twice. After that,
+requests use the model concurrently without a lock: inference never mutates the module
+(eval mode, no grad), and every request owns its generation state (KV cache, sampler).
+
+Every public method checks its input first and raises `InputError` (a ValueError) with one
+sentence a visitor can act on: too long, empty, unknown model, absurd setting. Lengths are
+never cut silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+ProgressCallback = Callable[[float, str], None]
+
+# --------------------------------------------------------------------------------------------
+# Which models a visitor may pick
+# --------------------------------------------------------------------------------------------
+
+TASKS = ("generate", "ner", "classify")
+HUB_MODELS = ("microsoft/biogpt", "microsoft/BioGPT-Large", "microsoft/BioGPT-Large-PubMedQA")
+BUNDLED_FOR_TASK = {"generate": "bundled", "ner": "bundled-ner", "classify": "bundled-hoc"}
+MODEL_DESCRIPTIONS = {
+    "bundled": "bundled: small BioGPT trained here on PubMed",
+    "bundled-ner": "bundled-ner: small BioGPT fine-tuned for Chemical/Disease NER (BC5CDR)",
+    "bundled-hoc": "bundled-hoc: small BioGPT fine-tuned for Hallmarks of Cancer (HoC)",
+    "microsoft/biogpt": "microsoft/biogpt (347M)",
+    "microsoft/BioGPT-Large": "microsoft/BioGPT-Large (1.5B)",
+    "microsoft/BioGPT-Large-PubMedQA": "microsoft/BioGPT-Large-PubMedQA (1.5B)",
+}
+# Tokenizers shipped with the project, chosen by vocabulary size when a checkpoint has none.
+TOKENIZER_BY_VOCAB = {42384: "bundled-tokenizer", 57717: "bundled-tokenizer-large"}
+
+PUBMEDQA_ANSWERS = ("yes", "no", "maybe")
+# BioGPT's PubMedQA fine-tuning target (microsoft/BioGPT, examples/QA-PubMedQA/rebuild_data.py).
+PUBMEDQA_LEAD = "the answer to the question given the context is"
+ZERO_SHOT_TEMPLATE = "{text} This text is about {label}."
+NER_AGGREGATIONS = ("auto", "first", "last", "average", "max")
+DECODING_MODES = ("greedy", "sampling", "beam search")
+
+
+class InputError(ValueError):
+    """A request the engine will not run; the message says what to change, in one sentence."""
+
+
+class UntrainedHeadError(InputError):
+    """The checkpoint has no trained weights for the task's head: its outputs would be noise."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Caps that keep one visitor from holding the server; each is reported, never applied silently."""
+
+    max_prompt_chars: int = 6_000
+    max_document_chars: int = 20_000  # NER reads long texts in windows
+    max_classify_chars: int = 6_000
+    max_document_tokens: int = 4_096
+    max_new_tokens: int = 512
+    max_return_sequences: int = 4
+    max_beams: int = 8
+    max_stop_strings: int = 4
+    max_stop_chars: int = 40
+    max_candidate_labels: int = 20
+    max_label_chars: int = 100
+    max_temperature: float = 10.0
+    max_repetition_penalty: float = 10.0
+    max_no_repeat_ngram: int = 20
+
+
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: Any, what: str, max_chars: int, allow_empty: bool = False) -> str:
+    """The text a request may use: a string, not too long, no lone surrogates.
+
+    A browser can send lone UTF-16 surrogates ("\\ud800"), which no encoder accepts; each
+    becomes U+FFFD, one character for one, so character offsets into the text stay valid.
+    """
+    if text is None:
+        text = ""
+    if not isinstance(text, str):
+        raise InputError(f"The {what} must be text, not {type(text).__name__}.")
+    if len(text) > max_chars:
+        raise InputError(
+            f"The {what} has {len(text):,} characters; the limit here is {max_chars:,}. Shorten it and try again."
+        )
+    text = _SURROGATES.sub("\ufffd", text)
+    if not allow_empty and not text.strip():
+        raise InputError(f"The {what} is empty: type or paste some text first.")
+    return text
+
+
+def _number(value: Any, name: str, low: float, high: float, whole: bool = False) -> float | int:
+    """A finite number in [low, high]; sliders send floats, so 3.0 is a fine whole number."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        try:
+            value = float(value) if isinstance(value, str) else None
+        except ValueError:
+            value = None
+        if value is None:
+            raise InputError(f"{name} must be a number.")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number.") from None
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value}.")
+    if whole and value != int(value):
+        raise InputError(f"{name} must be a whole number, got {value}.")
+    if not low <= value <= high:
+        span = f"{int(low)} and {int(high)}" if whole else f"{low:g} and {high:g}"
+        raise InputError(f"{name} must be between {span}, got {value:g}.")
+    return int(value) if whole else value
+
+
+# --------------------------------------------------------------------------------------------
+# Results: plain data for the UI
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to answer, with what the UI should say about it."""
+
+    name: str
+    task: str
+    model: Any  # a BioGpt* torch module in eval mode
+    tokenizer: Any
+    device: str
+    dtype: str
+    head_is_untrained: bool
+    load_seconds: float
+    num_parameters: int
+    studio: dict[str, Any] = field(default_factory=dict)  # config.json's "biogpt_studio" block
+    _surfaces: dict[int, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def max_positions(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    def describe(self) -> str:
+        return f"{self.name} · {self.device} · {self.dtype}"
+
+    def surface(self, token_id: int) -> str:
+        """How one token reads in decoded text (Moses escapes undone, word-end marker dropped)."""
+        text = self._surfaces.get(token_id)
+        if text is None:
+            text = self.tokenizer.decode([token_id], skip_special_tokens=True).strip()
+            self._surfaces[token_id] = text
+        return text
+
+
+@dataclass
+class GeneratedText:
+    """One continuation, token by token, with how sure the decoder was of each token."""
+
+    text: str
+    token_ids: np.ndarray  # int64 [n]
+    token_texts: list[str]  # each token's slice of `text` ("" for tokens that print nothing); joined == text
+    probabilities: np.ndarray  # float32 [n]: probability of each chosen token under the decoding distribution
+    alternatives: list[list[tuple[str, float]]]  # top candidates at each step, best first
+    finish_reason: str | None = None  # "length" | "eos" | "stop"; None while streaming
+    beam_score: float | None = None
+
+
+@dataclass
+class GenerationResult:
+    """What one Generate request produced so far (streaming) or in the end."""
+
+    prompt: str
+    samples: list[GeneratedText]
+    settings: dict[str, Any]  # everything needed to reproduce it, seed included
+    model: str  # "name · device · dtype"
+    finished: bool
+    elapsed: float  # seconds since the request started decoding
+    first_token_seconds: float | None
+    new_tokens: int
+
+    @property
+    def tokens_per_second(self) -> float:
+        decoding = self.elapsed - (self.first_token_seconds or 0.0)
+        if self.new_tokens > 1 and decoding > 0:
+            return (self.new_tokens - 1) / decoding
+        return self.new_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+
+@dataclass
+class AnswerResult:
+    """PubMedQA: yes / no / maybe scored by the language model."""
+
+    prompt: str
+    answers: list[str]
+    probabilities: np.ndarray  # float32 [3], softmax of the log-likelihoods over the three answers
+    log_likelihoods: np.ndarray  # float32 [3]
+    model: str
+    settings: dict[str, Any]
+
+    @property
+    def best(self) -> str:
+        return self.answers[int(np.argmax(self.probabilities))]
+
+
+@dataclass
+class Entity:
+    start: int  # character offsets into the text (Python string indices)
+    end: int
+    type: str
+    text: str
+    score: float  # mean confidence of the entity's words
+
+
+@dataclass
+class NerResult:
+    text: str
+    entities: list[Entity]
+    entity_types: list[str]
+    aggregation: str  # the strategy used ("auto" resolved)
+    model: str
+    settings: dict[str, Any]
+    num_tokens: int
+    elapsed: float
+
+
+@dataclass
+class ClassificationResult:
+    text: str
+    labels: list[str]
+    probabilities: np.ndarray  # float32 [labels]
+    predicted: list[str]  # above the threshold (multi-label) or the arg-max
+    mode: str  # "supervised" | "zero-shot"
+    multi_label: bool
+    threshold: float | None  # multi-label only
+    model: str
+    settings: dict[str, Any]
+    scores: np.ndarray | None = None  # zero-shot: the log-likelihood each label got
+    elapsed: float = 0.0
+
+
+# --------------------------------------------------------------------------------------------
+# Generation requests
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationRequest:
+    """The Generate tab's controls, in Hugging Face's names; `mode` picks the decoding method."""
+
+    prompt: str
+    model: str = "bundled"
+    max_new_tokens: int = 64
+    mode: str = "sampling"
+    temperature: float = 0.8
+    top_k: int = 50
+    top_p: float = 0.9
+    typical_p: float = 1.0
+    repetition_penalty: float = 1.2
+    no_repeat_ngram_size: int = 3
+    num_beams: int = 4
+    num_return_sequences: int = 1
+    seed: int | None = None  # None or negative: draw one (and report it)
+    stop: list[str] = field(default_factory=list)
+
+    def decoding_kwargs(self, limits: Limits) -> dict[str, Any]:
+        """Checked keywords for biogpt.generation, only those the mode uses."""
+        if self.mode not in DECODING_MODES:
+            raise InputError(f"The decoding mode must be one of {', '.join(DECODING_MODES)}, got {self.mode!r}.")
+        kwargs: dict[str, Any] = {
+            "max_new_tokens": _number(self.max_new_tokens, "Max new tokens", 1, limits.max_new_tokens, whole=True),
+            "repetition_penalty": _number(self.repetition_penalty, "Repetition penalty", 0.01, limits.max_repetition_penalty),
+            "no_repeat_ngram_size": _number(self.no_repeat_ngram_size, "No-repeat n-gram size", 0, limits.max_no_repeat_ngram, whole=True),
+        }
+        returns = _number(self.num_return_sequences, "Number of sequences", 1, limits.max_return_sequences, whole=True)
+        if self.mode == "sampling":
+            kwargs.update(
+                do_sample=True,
+                temperature=_number(self.temperature, "Temperature", 0.01, limits.max_temperature),
+                top_k=_number(self.top_k, "Top-k", 0, 100_000, whole=True),
+                top_p=_number(self.top_p, "Top-p", 0.01, 1.0),
+                typical_p=_number(self.typical_p, "Typical-p", 0.01, 1.0),
+                num_return_sequences=returns,
+            )
+        elif self.mode == "beam search":
+            beams = _number(self.num_beams, "Beams", 1, limits.max_beams, whole=True)
+            if returns > beams:
+                raise InputError(f"Beam search with {beams} beams can return at most {beams} sequences; raise Beams or lower the number of sequences.")
+            kwargs.update(do_sample=False, num_beams=beams, num_return_sequences=returns)
+        else:
+            if returns > 1:
+                raise InputError("Greedy decoding gives the same text every time; use sampling or beam search for several sequences.")
+            kwargs.update(do_sample=False)
+        stops = [s for s in (self.stop or []) if s]
+        if len(stops) > limits.max_stop_strings:
+            raise InputError(f"At most {limits.max_stop_strings} stop strings are allowed, got {len(stops)}.")
+        if any(len(s) > limits.max_stop_chars for s in stops):
+            raise InputError(f"Each stop string may have at most {limits.max_stop_chars} characters.")
+        if stops:
+            kwargs["stop"] = [_SURROGATES.sub("\ufffd", s) for s in stops]
+        return kwargs
+
+
+def parse_stop_strings(text: str | None) -> list[str]:
+    r"""Comma-separated stop strings; "\n" stands for a newline, "\," for a literal comma."""
+    if not text:
+        return []
+    parts = re.split(r"(?<!\\),", text)
+    return [p.replace("\\,", ",").replace("\\n", "\n").strip(" ") for p in parts if p.strip(" ")]
+
+
+def align_tokens(text: str, surfaces: list[str]) -> list[str]:
+    """Cut `text` into one slice per token so the slices join back to `text` exactly.
+
+    Decoding undoes Moses tokenisation (spaces around punctuation go, escapes are unescaped),
+    so a token's own surface form is found in the text from where the previous one ended; the
+    whitespace before it joins its slice. A token not found there (a special token, or one cut
+    off by a stop string) gets "".
+    """
+    slices: list[str] = []
+    position = 0
+    for surface in surfaces:
+        found = text.find(surface, position) if surface else -1
+        # Only whitespace may lie between two tokens' texts; anything else means "not this token".
+        if found < 0 or text[position:found].strip():
+            slices.append("")
+            continue
+        end = found + len(surface)
+        slices.append(text[position:end])
+        position = end
+    if position < len(text):
+        # Rare: detokenisation changed a character. Keep the text whole on the last visible token.
+        last = max((i for i, s in enumerate(slices) if s), default=len(slices) - 1)
+        if last >= 0:
+            slices[last] += text[position:]
+    return slices
+
+
+def _softmax(values: np.ndarray) -> np.ndarray:
+    shifted = np.exp(values - values.max())
+    return (shifted / shifted.sum()).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------
+
+
+class Engine:
+    """Loads models on demand (LRU, one load per model) and answers the app's requests."""
+
+    def __init__(
+        self,
+        default_model: str = "bundled",
+        device: str = "auto",
+        dtype: str = "auto",
+        allowed_models: list[str] | tuple[str, ...] = (),
+        max_loaded_models: int = 4,
+        limits: Limits | None = None,
+    ) -> None:
+        if device not in ("auto", "cpu", "cuda", "mps") and not str(device).startswith("cuda:"):
+            raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda or mps.")
+        if dtype not in ("auto", "float32", "float16", "bfloat16"):
+            raise ValueError(f"Unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16.")
+        self.default_model = str(default_model)
+        self.requested_device = device
+        self.requested_dtype = dtype
+        self.limits = limits or Limits()
+        self.max_loaded_models = max(1, int(max_loaded_models))
+        # The operator's models come first after the bundled ones; nothing else can be loaded.
+        extra = [self.default_model, *map(str, allowed_models)]
+        self.operator_models = [m for m in dict.fromkeys(extra) if m not in BUNDLED_FOR_TASK.values() and m not in HUB_MODELS]
+        self._models: OrderedDict[tuple[str, str], LoadedModel] = OrderedDict()
+        self._registry_lock = threading.Lock()
+        self._load_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._tokenizers: dict[str, Any] = {}
+        self._device: str | None = None
+        self._dtype: str | None = None
+
+    # ----- models ---------------------------------------------------------------------------
+
+    def model_choices(self, task: str) -> list[str]:
+        """What a visitor may pick for `task`: its bundled model, the hub models, the operator's."""
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}.")
+        first = [self.default_model] if task == "generate" else []
+        return list(dict.fromkeys([*first, BUNDLED_FOR_TASK[task], *self.operator_models, *HUB_MODELS]))
+
+    def default_choice(self, task: str) -> str:
+        return self.default_model if task == "generate" else BUNDLED_FOR_TASK[task]
+
+    @staticmethod
+    def describe_choice(name: str) -> str:
+        return MODEL_DESCRIPTIONS.get(name, name)
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = _resolve_device(self.requested_device)
+        return self._device
+
+    @property
+    def dtype(self) -> str:
+        if self._dtype is None:
+            self._dtype = _resolve_dtype(self.requested_dtype, self.device)
+        return self._dtype
+
+    def loaded_models(self) -> list[str]:
+        with self._registry_lock:
+            return [f"{name} ({task})" for name, task in self._models]
+
+    def load(self, name: str, task: str, progress: ProgressCallback | None = None) -> LoadedModel:
+        """The model `name` with `task`'s head, loading it on first use (once, however many ask)."""
+        if task not in TASKS:
+            raise ValueError(f"Unknown task {task!r}.")
+        name = str(name or "").strip()
+        if name not in self.model_choices(task):
+            raise InputError(
+                f"{name[:80]!r} is not one of the models this server offers; pick one of: "
+                + ", ".join(self.model_choices(task)) + "."
+            )
+        key = (name, task)
+        with self._registry_lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+            lock = self._load_locks.setdefault(key, threading.Lock())
+        with lock:
+            with self._registry_lock:
+                if key in self._models:  # another request loaded it while this one waited
+                    self._models.move_to_end(key)
+                    return self._models[key]
+            loaded = self._load(name, task, progress)
+            with self._registry_lock:
+                self._models[key] = loaded
+                while len(self._models) > self.max_loaded_models:
+                    self._models.popitem(last=False)  # requests still holding it finish normally
+            return loaded
+
+    def preload(self, names_and_tasks: list[tuple[str, str]]) -> threading.Thread:
+        """Load models in a background thread so the first visitor does not wait; errors are logged."""
+
+        def work() -> None:
+            import logging
+
+            for name, task in names_and_tasks:
+                try:
+                    self.load(name, task)
+                except Exception as error:  # a missing optional model must not stop the app
+                    logging.getLogger(__name__).warning("Could not preload %s (%s): %s", name, task, error)
+
+        thread = threading.Thread(target=work, name="biogpt-preload", daemon=True)
+        thread.start()
+        return thread
+
+    def _load(self, name: str, task: str, progress: ProgressCallback | None) -> LoadedModel:
+        import torch
+
+        from . import model as modeling
+        from .loading import resolve_model_dir
+
+        report = progress or (lambda fraction, message: None)
+        started = time.perf_counter()
+        report(0.05, f"Finding {name} (the first use of a hub model downloads it)")
+        folder = resolve_model_dir(
+            name,
+            ["config.json", "model.safetensors", "model.safetensors.index.json", "model-*.safetensors",
+             "pytorch_model.bin", "pytorch_model.bin.index.json", "pytorch_model-*.bin",
+             "vocab.json", "merges.txt", "tokenizer_config.json"],
+        )
+        report(0.6, f"Loading {name} onto {self.device} in {self.dtype}")
+        cls = {"generate": modeling.BioGptForCausalLM, "ner": modeling.BioGptForTokenClassification,
+               "classify": modeling.BioGptForSequenceClassification}[task]
+        model = cls.from_pretrained(folder, dtype=getattr(torch, self.dtype), device=self.device)
+        model.eval()
+        report(0.9, f"Loading the tokenizer of {name}")
+        tokenizer = self._tokenizer_for(folder, model.config.vocab_size)
+        return LoadedModel(
+            name=name, task=task, model=model, tokenizer=tokenizer, device=self.device, dtype=self.dtype,
+            head_is_untrained=bool(getattr(model, "head_is_untrained", False)),
+            load_seconds=time.perf_counter() - started,
+            num_parameters=sum(p.numel() for p in model.parameters()),
+            studio=dict(model.config.extra.get("biogpt_studio") or {}),
+        )
+
+    def _tokenizer_for(self, folder: Path, vocab_size: int):
+        """The checkpoint's own tokenizer files, else the bundled one of the same vocabulary size.
+
+        Tokenizers are shared between models with identical files (the bundled models all carry
+        a copy of the same one).
+        """
+        from .tokenizer import BioGptTokenizer
+
+        if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+            digest = hashlib.sha1((folder / "vocab.json").read_bytes() + (folder / "merges.txt").read_bytes()).hexdigest()
+            source: str | Path = folder
+        elif vocab_size in TOKENIZER_BY_VOCAB:
+            digest = source = TOKENIZER_BY_VOCAB[vocab_size]
+        else:
+            raise InputError(f"{folder} has no tokenizer files (vocab.json, merges.txt) and no bundled tokenizer has {vocab_size} tokens.")
+        with self._registry_lock:
+            tokenizer = self._tokenizers.get(digest)
+        if tokenizer is None:
+            tokenizer = BioGptTokenizer.from_pretrained(source)
+            with self._registry_lock:
+                tokenizer = self._tokenizers.setdefault(digest, tokenizer)
+        return tokenizer
+
+    def _require_trained_head(self, loaded: LoadedModel, what: str, suggestion: str) -> None:
+        if loaded.head_is_untrained:
+            raise UntrainedHeadError(
+                f"{loaded.name} has no trained {what} head (it is a base language model), so its output "
+                f"would be random noise; pick {suggestion} or a checkpoint fine-tuned for this task."
+            )
+
+    # ----- generate -------------------------------------------------------------------------
+
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> Iterator[GenerationResult]:
+        """Yield the growing result token by token (one sequence, greedy or sampling), or once
+        at the end (several sequences or beam search, which cannot show partial text).
+
+        Closing the iterator stops decoding at once (the UI's Stop button). Every Generate
+        request passes through here, so a batcher that merges concurrent requests between
+        decoding steps (issue 7) replaces `_stream_one` / `_generate_batch` without touching the UI.
+        """
+        prompt = clean_text(request.prompt, "prompt", self.limits.max_prompt_chars)
+        kwargs = request.decoding_kwargs(self.limits)
+        seed = None
+        if kwargs.get("do_sample"):
+            seed = _seed(request.seed)
+            kwargs["seed"] = seed
+        loaded = self.load(request.model, "generate", progress)
+        ids = loaded.tokenizer.encode(prompt)
+        self._check_room(loaded, len(ids), kwargs["max_new_tokens"])
+        settings = {"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "mode": request.mode,
+                    **{k: v for k, v in kwargs.items() if k != "do_sample"}, "seed": seed}
+        if kwargs.get("num_beams", 1) == 1 and kwargs.get("num_return_sequences", 1) == 1:
+            return self._stream_one(loaded, prompt, ids, kwargs, settings)
+        return self._generate_batch(loaded, prompt, ids, kwargs, settings)
+
+    def _check_room(self, loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
+        room = loaded.max_positions - prompt_tokens
+        if max_new_tokens > room:
+            if room < 1:
+                raise InputError(
+                    f"The prompt has {prompt_tokens:,} tokens and fills all {loaded.max_positions:,} positions "
+                    f"{loaded.name} can read; shorten it."
+                )
+            raise InputError(
+                f"The prompt has {prompt_tokens:,} tokens, so at most {room:,} new tokens fit in the "
+                f"{loaded.max_positions:,} positions {loaded.name} can read; lower Max new tokens or shorten the prompt."
+            )
+
+    def _stream_one(self, loaded, prompt, ids, kwargs, settings) -> Iterator[GenerationResult]:
+        from .generation import stream
+
+        try:
+            events = stream(loaded.model, loaded.tokenizer, [ids], **kwargs)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        return self._stream_results(loaded, prompt, events, settings)
+
+    def _stream_results(self, loaded, prompt, events, settings) -> Iterator[GenerationResult]:
+        started = time.perf_counter()
+        first_token = None
+        text = ""
+        token_ids: list[int] = []
+        probabilities: list[float] = []
+        alternatives: list[list[tuple[str, float]]] = []
+        try:
+            for event in events:
+                if first_token is None:
+                    first_token = time.perf_counter() - started
+                text += event.text
+                token_ids.append(event.token_id)
+                probabilities.append(math.exp(event.logprob))
+                alternatives.append([(c.token, c.probability) for c in event.alternatives])
+                sample = self._sample(loaded, text, token_ids, probabilities, alternatives, event.finish_reason)
+                yield GenerationResult(
+                    prompt=prompt, samples=[sample], settings=settings, model=loaded.describe(),
+                    finished=event.finish_reason is not None, elapsed=time.perf_counter() - started,
+                    first_token_seconds=first_token, new_tokens=len(token_ids),
+                )
+        finally:
+            events.close()
+
+    def _generate_batch(self, loaded, prompt, ids, kwargs, settings) -> Iterator[GenerationResult]:
+        from .generation import generate_detailed
+
+        started = time.perf_counter()
+        try:
+            sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], **kwargs)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        elapsed = time.perf_counter() - started
+        samples = [
+            self._sample(loaded, s.text, s.token_ids, [math.exp(v) for v in s.token_logprobs],
+                         [[(c.token, c.probability) for c in step] for step in s.alternatives],
+                         s.finish_reason, s.beam_score)
+            for s in sequences
+        ]
+        yield GenerationResult(
+            prompt=prompt, samples=samples, settings=settings, model=loaded.describe(), finished=True,
+            elapsed=elapsed, first_token_seconds=None, new_tokens=sum(len(s.token_ids) for s in samples),
+        )
+
+    def _sample(self, loaded, text, token_ids, probabilities, alternatives, finish_reason, beam_score=None) -> GeneratedText:
+        return GeneratedText(
+            text=text,
+            token_ids=np.asarray(token_ids, dtype=np.int64),
+            token_texts=align_tokens(text, [loaded.surface(i) for i in token_ids]),
+            probabilities=np.asarray(probabilities, dtype=np.float32),
+            alternatives=list(alternatives),
+            finish_reason=finish_reason,
+            beam_score=beam_score,
+        )
+
+    def answer_pubmedqa(self, question: str, context: str, model: str = "bundled", long_answer: str = "",
+                        progress: ProgressCallback | None = None) -> AnswerResult:
+        """Score "yes", "no" and "maybe" as BioGPT's PubMedQA fine-tuning phrased the answer.
+
+        The prompt is `question: ... context: ...` (plus ` answer: ...` when a long answer is
+        given, as in the reasoning-free setting), ended with a full stop, then "the answer to
+        the question given the context is"; each answer's probability is the softmax of the
+        log-likelihoods the model gives " yes.", " no." and " maybe." after it.
+        """
+        question = clean_text(question, "question", self.limits.max_prompt_chars).strip()
+        context = clean_text(context, "context", self.limits.max_prompt_chars).strip()
+        long_answer = clean_text(long_answer, "long answer", self.limits.max_prompt_chars, allow_empty=True).strip()
+        source = f"question: {question} context: {context}" + (f" answer: {long_answer}" if long_answer else "")
+        if not source.endswith("."):
+            source += "."
+        prompt = f"{source} {PUBMEDQA_LEAD}"
+        loaded = self.load(model, "generate", progress)
+        scores, _ = self._score_continuations(loaded, prompt, [f" {a}." for a in PUBMEDQA_ANSWERS])
+        return AnswerResult(
+            prompt=prompt, answers=list(PUBMEDQA_ANSWERS), probabilities=_softmax(scores),
+            log_likelihoods=scores.astype(np.float32), model=loaded.describe(),
+            settings={"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype,
+                      "scoring": "log-likelihood of ' yes.' / ' no.' / ' maybe.' after the prompt, softmax over the three"},
+        )
+
+    def _score_continuations(self, loaded: LoadedModel, prefix: str, continuations: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Log-likelihood of each continuation after `prefix`, and its token count.
+
+        The prefix runs once; its KV cache is copied for every candidate, which scores all of
+        them in one batched call. Tokenisation is not additive (Moses and BPE look at whole
+        words), so the shared part is the longest run of ids common to every candidate.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        tokenizer, model = loaded.tokenizer, loaded.model
+        full = [tokenizer.encode(prefix + c) for c in continuations]
+        prefix_ids = tokenizer.encode(prefix)
+        shared = min(_common_prefix_length(prefix_ids, f) for f in full)
+        shared = max(1, min(shared, min(len(f) for f in full) - 1))  # every candidate keeps >= 1 token to score
+        longest = max(len(f) for f in full)
+        if longest > loaded.max_positions:
+            raise InputError(
+                f"The text needs {longest:,} tokens but {loaded.name} reads at most {loaded.max_positions:,}; shorten it."
+            )
+        tails = [f[shared:] for f in full]
+        width = max(len(t) for t in tails)
+        pad = tokenizer.pad_token_id
+        with torch.inference_mode():
+            device = model.device
+            head = model.biogpt(torch.tensor([full[0][:shared]], device=device), use_cache=True)
+            first = F.log_softmax(model.output_projection(head.last_hidden_state[:, -1]).float(), dim=-1)[0]
+            cache = head.past_key_values
+            cache.reorder(torch.zeros(len(tails), dtype=torch.long, device=device))
+            # Right padding needs no mask: a causal model never lets a real token see the pads after it.
+            batch = torch.tensor([t + [pad] * (width - len(t)) for t in tails], device=device)
+            hidden = model.biogpt(batch, past_key_values=cache, use_cache=True).last_hidden_state
+            rows, cols, targets = [], [], []
+            for i, t in enumerate(tails):
+                for j in range(1, len(t)):
+                    rows.append(i)
+                    cols.append(j - 1)
+                    targets.append(t[j])
+            totals = torch.tensor([float(first[t[0]]) for t in tails])
+            if targets:
+                picked = model.output_projection(hidden[rows, cols])
+                logprobs = F.log_softmax(picked.float(), dim=-1)
+                token_scores = logprobs[torch.arange(len(targets)), torch.tensor(targets, device=device)].cpu()
+                totals.index_add_(0, torch.tensor(rows), token_scores)
+        return totals.numpy().astype(np.float64), np.asarray([len(t) for t in tails])
+
+    # ----- NER ------------------------------------------------------------------------------
+
+    def ner(self, text: str, model: str = "bundled-ner", aggregation: str = "auto",
+            progress: ProgressCallback | None = None) -> NerResult:
+        """Chemical and Disease spans (whatever the checkpoint's BIO labels name) with confidences.
+
+        The model tags pieces; a word's tag comes from its pieces by `aggregation`: "first" or
+        "last" piece, "average" of the pieces' probabilities, or the piece with the "max"
+        probability; "auto" uses the piece the model was trained to tag (config.json says which).
+        Words are Moses words and spans are character offsets, via the tokenizer's offsets.
+        """
+        from .train import NerEncoded, NerSettings, ner_piece_probabilities, split_words, tags_to_spans
+
+        text = clean_text(text, "text", self.limits.max_document_chars)
+        if aggregation not in NER_AGGREGATIONS:
+            raise InputError(f"Aggregation must be one of {', '.join(NER_AGGREGATIONS)}, got {aggregation!r}.")
+        loaded = self.load(model, "ner", progress)
+        self._require_trained_head(loaded, "NER", "bundled-ner")
+        id2label = loaded.model.config.id2label or {}
+        types = sorted({label.split("-", 1)[1] for label in id2label.values() if label[:2] in ("B-", "I-")})
+        if not types:
+            raise InputError(f"{loaded.name}'s labels ({', '.join(list(id2label.values())[:5])}) are not BIO tags, so spans cannot be read from them.")
+        started = time.perf_counter()
+        pieces, spans = loaded.tokenizer.tokenize_with_offsets(text)
+        keep = [i for i, (s, e) in enumerate(spans) if e > s]  # literal special tokens carry no text
+        pieces, spans = [pieces[i] for i in keep], [spans[i] for i in keep]
+        if not pieces:
+            raise InputError("The text has no words the tokenizer can read; type some words.")
+        if len(pieces) > self.limits.max_document_tokens:
+            raise InputError(
+                f"The text has {len(pieces):,} tokens; the limit here is {self.limits.max_document_tokens:,}. Shorten it."
+            )
+        settings = NerSettings.from_config(loaded.model.config)
+        strategy = settings.label_token if aggregation == "auto" else aggregation
+        document = NerEncoded(list(loaded.tokenizer.convert_tokens_to_ids(pieces)), split_words(pieces, spans))
+        tokenizer = loaded.tokenizer
+        probabilities, _ = ner_piece_probabilities(loaded.model, [document], settings, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        piece_probs = probabilities[0].numpy()
+        word_probs = np.stack([_aggregate(piece_probs[first:end], strategy) for first, end, _, _ in document.words])
+        tags = [id2label[int(i)] for i in word_probs.argmax(-1)]
+        confidences = word_probs.max(-1)
+        entities = []
+        for start, end, kind in tags_to_spans(document.words, tags):
+            inside = [confidences[i] for i, w in enumerate(document.words) if w[2] >= start and w[3] <= end]
+            entities.append(Entity(start, end, kind, text[start:end], float(np.mean(inside))))
+        return NerResult(
+            text=text, entities=entities, entity_types=types, aggregation=strategy, model=loaded.describe(),
+            settings={"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "aggregation": strategy,
+                      "input": "doubled" if settings.doubled else "single", "window": settings.window},
+            num_tokens=len(pieces), elapsed=time.perf_counter() - started,
+        )
+
+    # ----- classify -------------------------------------------------------------------------
+
+    def classify(self, text: str, model: str = "bundled-hoc", progress: ProgressCallback | None = None) -> ClassificationResult:
+        """The checkpoint's own labels; multi-label checkpoints use the threshold in their config."""
+        import torch
+
+        text = clean_text(text, "text", self.limits.max_classify_chars)
+        loaded = self.load(model, "classify", progress)
+        self._require_trained_head(loaded, "classification", "bundled-hoc")
+        ids = loaded.tokenizer.encode(text)
+        if len(ids) > loaded.max_positions:
+            raise InputError(f"The text has {len(ids):,} tokens but {loaded.name} reads at most {loaded.max_positions:,}; shorten it.")
+        started = time.perf_counter()
+        with torch.inference_mode():
+            logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device)).logits[0].float().cpu()
+        config = loaded.model.config
+        labels = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else [f"LABEL_{i}" for i in range(logits.shape[0])]
+        multi = bool(loaded.studio.get("multi_label")) or config.problem_type == "multi_label_classification"
+        if multi:
+            probabilities = torch.sigmoid(logits).numpy().astype(np.float32)
+            threshold = float(loaded.studio.get("threshold", 0.5))
+            predicted = [label for label, p in zip(labels, probabilities) if p >= threshold]
+        else:
+            probabilities = torch.softmax(logits, -1).numpy().astype(np.float32)
+            threshold = None
+            predicted = [labels[int(np.argmax(probabilities))]]
+        return ClassificationResult(
+            text=text, labels=labels, probabilities=probabilities, predicted=predicted, mode="supervised",
+            multi_label=multi, threshold=threshold, model=loaded.describe(),
+            settings={"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype,
+                      "multi_label": multi, "threshold": threshold},
+            elapsed=time.perf_counter() - started,
+        )
+
+    def zero_shot(self, text: str, labels: list[str] | str, template: str = ZERO_SHOT_TEMPLATE,
+                  model: str = "bundled", normalize: bool = True,
+                  progress: ProgressCallback | None = None) -> ClassificationResult:
+        """Score each candidate label by the language model's log-likelihood of the template.
+
+        The template holds "{text}" and "{label}"; the part before "{label}" is shared, and each
+        label is scored by the log-likelihood of the rest (label and what follows), averaged per
+        token when `normalize` (so long labels are not penalised for their length). The
+        probabilities are a softmax over the candidates: relative, never absolute.
+        """
+        text = clean_text(text, "text", self.limits.max_classify_chars)
+        template = clean_text(template, "template", 500)
+        if "{label}" not in template or "{text}" not in template:
+            raise InputError("The template must contain both {text} and {label}, e.g. '{text} This text is about {label}.'")
+        if template.index("{text}") > template.index("{label}"):
+            raise InputError("In the template, {text} must come before {label}: the label is scored given the text.")
+        if isinstance(labels, str):
+            labels = [part.strip() for part in re.split(r"[,\n]", labels)]
+        labels = list(dict.fromkeys(_SURROGATES.sub("\ufffd", label.strip()) for label in labels if label and label.strip()))
+        if len(labels) < 2:
+            raise InputError("Give at least two candidate labels, separated by commas.")
+        if len(labels) > self.limits.max_candidate_labels:
+            raise InputError(f"At most {self.limits.max_candidate_labels} candidate labels are allowed, got {len(labels)}.")
+        if any(len(label) > self.limits.max_label_chars for label in labels):
+            raise InputError(f"Each label may have at most {self.limits.max_label_chars} characters.")
+        loaded = self.load(model, "generate", progress)
+        started = time.perf_counter()
+        before, after = template.split("{label}", 1)
+        # str.replace, not str.format: braces in a visitor's text must stay text.
+        prefix = before.replace("{text}", text).rstrip(" ")
+        gap = " " if before.endswith(" ") else ""
+        totals, counts = self._score_continuations(
+            loaded, prefix, [gap + label + after.replace("{text}", text) for label in labels]
+        )
+        scores = totals / counts if normalize else totals
+        probabilities = _softmax(scores)
+        return ClassificationResult(
+            text=text, labels=labels, probabilities=probabilities, predicted=[labels[int(np.argmax(probabilities))]],
+            mode="zero-shot", multi_label=False, threshold=None, model=loaded.describe(),
+            settings={"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "template": template,
+                      "score": "mean log-likelihood per token" if normalize else "total log-likelihood"},
+            scores=scores.astype(np.float32), elapsed=time.perf_counter() - started,
+        )
+
+    # ----- attention (issue 6) ---------------------------------------------------------------
+    # One forward with attentions and hidden states per (model, text), kept in a byte-bounded
+    # cache; every view is derived from it in biogpt.interpret. These methods only delegate.
+
+    @property
+    def interpreter(self):
+        if getattr(self, "_interpreter", None) is None:
+            from .interpret import Interpreter
+
+            self._interpreter = Interpreter(lambda name: self.load(name, "generate"), self.default_choice("generate"))
+        return self._interpreter
+
+    def analyze(self, text: str, model: str | None = None):
+        """The cached `interpret.Analysis` of `text` (runs the model only on a cache miss)."""
+        text = clean_text(text, "text", self.limits.max_document_chars)
+        return self.interpreter.analyze(text, model or self.default_choice("generate"))
+
+    def cached_analysis(self, text: str, model: str | None = None):
+        """The analysis if it is cached, else None; never runs the model."""
+        try:
+            text = clean_text(text, "text", self.limits.max_document_chars)
+        except InputError:
+            return None
+        return self.interpreter.cached_analysis(text, model or self.default_choice("generate"))
+
+    def logit_lens(self, analysis, k: int = 5):
+        return self.interpreter.logit_lens(analysis, k)
+
+    def watch_tokens(self, analysis, position: int, words: list[str]):
+        return self.interpreter.watch_tokens(analysis, position, words)
+
+    def ablate(self, analysis, heads, k: int = 8, continue_tokens: int = 0):
+        return self.interpreter.ablate(analysis, heads, k, continue_tokens)
+
+    def trace_generation(self, analysis, max_new_tokens: int = 20):
+        return self.interpreter.trace_generation(analysis, max_new_tokens)
+
+    # ----- end of attention ----------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _resolve_device(requested: str) -> str:
+    import torch
+
+    if requested == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu.")
+    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ValueError("--device mps was asked for, but this PyTorch has no Apple GPU support; use --device cpu.")
+    return requested
+
+
+def _resolve_dtype(requested: str, device: str) -> str:
+    """"auto" is what runs well on the device: float32 on CPU (half precision is slow there),
+    bfloat16 on GPUs that have it, else float16."""
+    if requested != "auto":
+        return requested
+    if device.startswith("cuda"):
+        import torch
+
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "mps":
+        return "float16"
+    return "float32"
+
+
+def _seed(requested: Any) -> int:
+    if requested is None or (isinstance(requested, str) and not requested.strip()):
+        return secrets.randbelow(2**31)
+    value = _number(requested, "Seed", -1, 2**63 - 1, whole=True)
+    return secrets.randbelow(2**31) if value < 0 else int(value)
+
+
+def _common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _aggregate(piece_probs: np.ndarray, strategy: str) -> np.ndarray:
+    """One word's label probabilities from its pieces' ([pieces, labels])."""
+    if strategy == "first":
+        return piece_probs[0]
+    if strategy == "last":
+        return piece_probs[-1]
+    if strategy == "average":
+        return piece_probs.mean(0)
+    return piece_probs[int(piece_probs.max(-1).argmax())]  # "max": the most confident piece decides
+
+
+__all__ = [
+    "AnswerResult", "ClassificationResult", "Engine", "Entity", "GeneratedText", "GenerationRequest",
+    "GenerationResult", "InputError", "Limits", "LoadedModel", "NerResult", "UntrainedHeadError",
+    "align_tokens", "clean_text", "parse_stop_strings",
+]

@@ -1,0 +1,81 @@
+"""BioGPT Studio's Gradio app: `create_app(engine)` builds the page, one function a tab.
+
+The tabs only arrange components and call the engine; what they show is built by pure
+functions in `views.py` (HTML, tables, exports) and `plots.py` (plotly figures).
+
+Gradio 6 takes theme and CSS at launch(), so `launch_options()` holds them for app.py and
+the tests alike.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from biogpt.engine import Engine
+
+from .attention_tab import build_attention_tab
+from .classify_tab import build_classify_tab
+from .generate_tab import build_generate_tab
+from .ner_tab import build_ner_tab
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DISCLAIMER = (
+    "This is a research and teaching tool. Language models write fluent text that can be wrong; "
+    "never use its output for diagnosis or treatment."
+)
+
+
+# (tab title, tab id, builder).
+TABS: list[tuple[str, str, Callable[[Engine], None]]] = [
+    ("Generate", "generate", build_generate_tab),
+    ("NER", "ner", build_ner_tab),
+    ("Classify", "classify", build_classify_tab),
+    ("Attention", "attention", build_attention_tab),
+]
+
+
+def header_html(engine: Engine) -> str:
+    model = html.escape(engine.default_model)
+    return (
+        '<div class="studio-header">'
+        '<div class="studio-title"><h1>BioGPT Studio</h1>'
+        "<span>Run, inspect and teach Microsoft's biomedical GPT</span></div>"
+        f'<div class="studio-serving">Answering on <b>{html.escape(engine.device)}</b> in '
+        f"<b>{html.escape(engine.dtype)}</b> · default model <b>{model}</b> · every result names the model, "
+        "settings and seed that produced it</div>"
+        f'<div class="studio-disclaimer" role="note"><b>Not medical advice.</b> {html.escape(DISCLAIMER)}</div>'
+        "</div>"
+    )
+
+
+def create_app(engine: Engine) -> gr.Blocks:
+    """The whole page. The caller queues and launches it (see app.py)."""
+    # delete_cache: exported files and uploads older than an hour are removed every hour.
+    with gr.Blocks(title="BioGPT Studio", delete_cache=(3600, 3600)) as demo:
+        gr.HTML(header_html(engine), elem_id="studio-header")
+        with gr.Tabs(elem_id="studio-tabs"):
+            for title, tab_id, build in TABS:
+                with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
+                    build(engine)
+    return demo
+
+
+def launch_options() -> dict[str, Any]:
+    """Keyword arguments for launch(): system fonts only (offline-safe), our CSS, the API link."""
+    return dict(
+        theme=gr.themes.Soft(
+            primary_hue="teal", secondary_hue="orange",
+            font=["DejaVu Sans", "Arial", "sans-serif"], font_mono=["DejaVu Sans Mono", "monospace"],
+        ),
+        css=(ASSETS / "style.css").read_text(encoding="utf-8"),
+        footer_links=["api", "gradio", "settings"],
+        share=False,
+        ssr_mode=False,
+    )
+
+
+__all__ = ["TABS", "create_app", "header_html", "launch_options"]

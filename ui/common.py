@@ -1,0 +1,83 @@
+"""What every tab shares: error translation, the model picker, load progress, the examples."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import json
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+
+from biogpt.engine import Engine, InputError
+
+logger = logging.getLogger("biogpt.studio")
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+
+
+def _as_user_error(error: BaseException) -> gr.Error:
+    """A one-sentence gr.Error: a toast in the browser, an AppError in gradio_client."""
+    from biogpt.loading import ModelNotAvailableError
+
+    if isinstance(error, gr.Error):
+        return error
+    if isinstance(error, (InputError, ModelNotAvailableError, ValueError)):
+        # Engine, loading and generation all word their ValueErrors for the visitor.
+        return gr.Error(str(error))
+    logger.exception("Unexpected error in a request", exc_info=error)
+    return gr.Error(
+        f"Something went wrong on the server ({type(error).__name__}). The app is still running: "
+        "try again, or try a shorter text."
+    )
+
+
+def friendly_errors(handler: Callable) -> Callable:
+    """Wrap an event handler (plain or generator) so that every failure reaches the visitor as
+    a readable gr.Error and never as a bare red badge."""
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def generator_wrapper(*args: Any, **kwargs: Any):
+            try:
+                yield from handler(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - translated, logged when unexpected
+                raise _as_user_error(error) from error
+
+        return generator_wrapper
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any, **kwargs: Any):
+        try:
+            return handler(*args, **kwargs)
+        except Exception as error:  # noqa: BLE001
+            raise _as_user_error(error) from error
+
+    return wrapper
+
+
+def progress_reporter(progress: gr.Progress) -> Callable[[float, str], None]:
+    """The engine reports load steps as (fraction, message); Gradio draws them as a bar."""
+    return lambda fraction, message: progress(fraction, desc=message)
+
+
+def model_dropdown(engine: Engine, task: str, elem_id: str, label: str = "Model") -> gr.Dropdown:
+    """Only the models the server offers: Gradio rejects any other value before the engine sees it."""
+    return gr.Dropdown(
+        choices=[(engine.describe_choice(name), name) for name in engine.model_choices(task)],
+        value=engine.default_choice(task),
+        label=label,
+        info="Hub models are downloaded on first use; that needs internet and takes a while.",
+        elem_id=elem_id,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def load_examples() -> dict[str, Any]:
+    """assets/examples.json: examples from the shared datasets' train splits, one list a tab."""
+    with open(ASSETS / "examples.json", encoding="utf-8") as f:
+        return json.load(f)
+
+
+PRIVATE = dict(api_visibility="private", queue=False)  # UI-only events: not in the API, not queued

@@ -1,0 +1,171 @@
+"""Generate tab: free text with every decoding control, streamed and coloured by probability;
+and PubMedQA mode, where the model scores yes / no / maybe."""
+
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from biogpt.engine import DECODING_MODES, Engine, GenerationRequest, parse_stop_strings
+
+from . import plots, views
+from .common import PRIVATE, friendly_errors, load_examples, model_dropdown, progress_reporter
+
+# Each preset sets the decoding controls; the visitor can change any of them afterwards.
+PRESETS = {
+    "faithful": dict(mode="greedy", repetition_penalty=1.2, no_repeat_ngram_size=3),
+    "balanced": dict(mode="sampling", temperature=0.8, top_k=50, top_p=0.9, typical_p=1.0,
+                     repetition_penalty=1.2, no_repeat_ngram_size=3),
+    "creative": dict(mode="sampling", temperature=1.1, top_k=0, top_p=0.95, typical_p=1.0,
+                     repetition_penalty=1.1, no_repeat_ngram_size=0),
+    "beam search": dict(mode="beam search", num_beams=5, repetition_penalty=1.0, no_repeat_ngram_size=3),
+}
+DEFAULT_PRESET = "balanced"
+RENDER_EVERY = 0.12  # seconds between streamed repaints: smooth, without resending the page per token
+
+
+def build_generate_tab(engine: Engine) -> None:
+    examples = load_examples()
+    limits = engine.limits
+    defaults = GenerationRequest(prompt="", **{k: v for k, v in PRESETS[DEFAULT_PRESET].items()})
+    model = model_dropdown(engine, "generate", elem_id="gen-model")
+    with gr.Tabs():
+        with gr.Tab("Free text", id="free-text"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="gen-prompt",
+                                        placeholder="The beginning of a biomedical sentence, e.g. 'Aspirin is used to'")
+                    with gr.Row():
+                        run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+                        stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+                    tokens = gr.HTML(label="Tokens coloured by probability", elem_id="gen-tokens")
+                    info = gr.Markdown(label="Run summary", elem_id="gen-info")
+                    with gr.Accordion("Plain text, to copy", open=False):
+                        output = gr.Textbox(label="Generated text (first sample)", lines=3, interactive=False,
+                                            buttons=["copy"], elem_id="gen-output")
+                    with gr.Accordion("Every token: probability and top-5 alternatives", open=False):
+                        table = gr.Dataframe(headers=views.TOKEN_TABLE_HEADERS, label="Tokens", interactive=False, wrap=True,
+                                             max_height=360, column_widths=["9%", "10%", "18%", "13%", "50%"],
+                                             elem_id="gen-table")
+                    with gr.Accordion("Raw output (JSON)", open=False):
+                        raw = gr.JSON(label="Result", elem_id="gen-json")
+                    gr.Examples([[e["prompt"]] for e in examples["generate"]], inputs=[prompt],
+                                label="Examples (BC5CDR training titles)")
+                with gr.Column(scale=2, elem_classes=["controls"]):
+                    preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset",
+                                      info="Sets the controls below", elem_id="gen-preset")
+                    mode = gr.Radio(list(DECODING_MODES), value=defaults.mode, label="Decoding", elem_id="gen-mode")
+                    max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=64, step=1, label="Max new tokens",
+                                               elem_id="gen-max-new-tokens")
+                    with gr.Group(visible=defaults.mode == "sampling") as sampling_group:
+                        with gr.Row():
+                            temperature = gr.Slider(0.05, 2.0, value=defaults.temperature, step=0.05, label="Temperature")
+                            top_k = gr.Slider(0, 200, value=defaults.top_k, step=1, label="Top-k")
+                        with gr.Row():
+                            top_p = gr.Slider(0.05, 1.0, value=defaults.top_p, step=0.01, label="Top-p")
+                            typical_p = gr.Slider(0.05, 1.0, value=defaults.typical_p, step=0.01, label="Typical-p")
+                    with gr.Group(visible=defaults.mode == "beam search") as beam_group:
+                        num_beams = gr.Slider(1, limits.max_beams, value=defaults.num_beams, step=1, label="Beams")
+                    with gr.Row():
+                        repetition_penalty = gr.Slider(1.0, 2.0, value=defaults.repetition_penalty, step=0.05,
+                                                       label="Repetition penalty")
+                        no_repeat_ngram_size = gr.Slider(0, 10, value=defaults.no_repeat_ngram_size, step=1,
+                                                         label="No-repeat n-gram")
+                    with gr.Row():
+                        num_return_sequences = gr.Slider(1, limits.max_return_sequences, value=1, step=1,
+                                                         label="Sequences")
+                        seed = gr.Number(-1, precision=0, label="Seed (-1 = random)",
+                                         elem_id="gen-seed")
+                    stop_strings = gr.Textbox("", label="Stop strings", placeholder="comma-separated, \\n for a newline")
+                    gr.Markdown(
+                        "Top-k 0, top-p 1, typical-p 1, penalty 1 and n-gram 0 switch that control off. Several "
+                        "sequences (sampling or beams) appear side by side when done. A random seed is drawn "
+                        "when the seed is -1 and shown with the result.",
+                        elem_classes=["hint"],
+                    )
+        with gr.Tab("PubMedQA", id="pubmedqa"):
+            gr.Markdown(
+                "BioGPT's PubMedQA format: the question and its abstract become "
+                "`question: … context: …` followed by *the answer to the question given the context is*, "
+                "and the model scores **yes**, **no** and **maybe**. Best with `microsoft/BioGPT-Large-PubMedQA`; "
+                "the small bundled model was not trained for it."
+            )
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    question = gr.Textbox(label="Question", lines=1, elem_id="qa-question")
+                    context = gr.Textbox(label="Context (abstract)", lines=6, elem_id="qa-context")
+                    with gr.Accordion("Long answer (optional: the reasoning-free setting)", open=False):
+                        long_answer = gr.Textbox("", label="Long answer", lines=2, elem_id="qa-long-answer")
+                    answer_run = gr.Button("Answer yes / no / maybe", variant="primary", elem_id="qa-run")
+                    gr.Examples([[e["question"], e["context"]] for e in examples["pubmedqa"]],
+                                inputs=[question, context], label="Examples (PubMedQA training set)")
+                with gr.Column(scale=2):
+                    answer = gr.Label(label="Answer", num_top_classes=3, elem_id="qa-answer")
+                    answer_plot = gr.Plot(label="yes / no / maybe", elem_id="qa-plot")
+                    answer_info = gr.Markdown(label="Summary", elem_id="qa-info")
+                    with gr.Accordion("Prompt sent to the model", open=False):
+                        answer_prompt = gr.Textbox(label="Prompt", show_label=False, lines=4, interactive=False, elem_id="qa-prompt")
+
+    @friendly_errors
+    def generate(prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
+                 no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop, progress=gr.Progress(track_tqdm=True)):
+        request = GenerationRequest(
+            prompt=prompt, model=model, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
+            top_k=top_k, top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
+            no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
+            num_return_sequences=num_return_sequences, seed=seed,
+            stop=parse_stop_strings(stop),
+        )
+        last_paint = 0.0
+        for result in engine.generate(request, progress=progress_reporter(progress)):
+            if not result.finished and time.monotonic() - last_paint < RENDER_EVERY:
+                continue
+            last_paint = time.monotonic()
+            first = result.samples[0].text
+            if not result.finished:
+                yield first, views.generation_html(result), views.generation_info(result), gr.skip(), gr.skip()
+            else:
+                yield (first, views.generation_html(result), views.generation_info(result),
+                       views.token_rows(result), views.generation_json(result))
+
+    generation = gr.on(
+        [run.click, prompt.submit], generate,
+        inputs=[prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
+                no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop_strings],
+        outputs=[output, tokens, info, table, raw], api_name="generate",
+        api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
+                        "a table of token probabilities and the full result as JSON (settings and seed included).",
+    )
+    # The message is set in a second step: an update the cancelled stream had already sent could
+    # otherwise arrive after it and put "generating" back.
+    stop.click(None, None, None, cancels=[generation], **PRIVATE).then(
+        lambda: "Stopped: the text above is what was generated until then.", None, info, **PRIVATE)
+
+    def apply_preset(name):
+        values = PRESETS[name]
+        chosen_mode = values["mode"]
+        return (
+            gr.update(value=chosen_mode),
+            *(gr.update(value=values[key]) if key in values else gr.update()
+              for key in ("temperature", "top_k", "top_p", "typical_p", "num_beams", "repetition_penalty",
+                          "no_repeat_ngram_size")),
+        )
+
+    preset.input(apply_preset, preset, [mode, temperature, top_k, top_p, typical_p, num_beams, repetition_penalty,
+                                        no_repeat_ngram_size], **PRIVATE)
+
+    def show_mode_controls(chosen_mode):
+        return gr.update(visible=chosen_mode == "sampling"), gr.update(visible=chosen_mode == "beam search")
+
+    mode.change(show_mode_controls, mode, [sampling_group, beam_group], **PRIVATE)
+
+    @friendly_errors
+    def answer_pubmedqa(question, context, model, long_answer, progress=gr.Progress(track_tqdm=True)):
+        result = engine.answer_pubmedqa(question, context, model=model, long_answer=long_answer,
+                                        progress=progress_reporter(progress))
+        return views.answer_confidences(result), plots.answer_chart(result), views.answer_info(result), result.prompt
+
+    gr.on([answer_run.click, question.submit], answer_pubmedqa, inputs=[question, context, model, long_answer],
+          outputs=[answer, answer_plot, answer_info, answer_prompt], api_name="pubmedqa",
+          api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt).")

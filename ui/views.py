@@ -1,0 +1,241 @@
+"""Rich views of the engine's results as HTML, table rows and export files: pure functions.
+
+Kept apart from the tabs so they can be unit-tested without a server and reused by the
+Attention tab. Every piece of visitor or model text goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import html
+import io
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from biogpt.engine import AnswerResult, ClassificationResult, GenerationResult, NerResult
+
+EXPORT_DIR = Path(tempfile.gettempdir()) / "biogpt-studio-exports"
+MAX_EXPORT_FILES = 500  # exports are named by content, so this bounds the folder
+ENTITY_COLOURS = {"Chemical": "#c6e3ff", "Disease": "#ffd6c2"}
+FALLBACK_COLOURS = ("#d9f2d0", "#f3d9fa", "#fff2b3", "#d4f4f0")
+TOKEN_TABLE_HEADERS = ["sample", "position", "token", "probability", "top-5 alternatives"]
+ENTITY_TABLE_HEADERS = ["entity", "type", "start", "end", "confidence"]
+
+
+def _escape(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def settings_line(settings: dict[str, Any]) -> str:
+    """`key=value` pairs in code style: everything needed to reproduce an output."""
+    shown = []
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if isinstance(value, float):
+            value = f"{value:g}"
+        elif isinstance(value, (list, tuple)):
+            value = json.dumps(list(value), ensure_ascii=False)
+        shown.append(f"{key}={value}")
+    return "`" + " · ".join(s.replace("`", "'") for s in shown) + "`"
+
+
+# ----- Generate -------------------------------------------------------------------------------
+
+
+def probability_colour(probability: float) -> str:
+    """Orange for tokens the model doubted, fading to green for tokens it was sure of."""
+    p = min(max(float(probability), 0.0), 1.0)
+    hue = 25 + 95 * p
+    return f"hsl({hue:.0f}, 80%, {88 - 8 * (1 - p):.0f}%)"
+
+
+def _alternatives_text(alternatives: list[tuple[str, float]]) -> str:
+    return ", ".join(f"{token!r} {p:.1%}" for token, p in alternatives)
+
+
+def generation_html(result: GenerationResult) -> str:
+    """The samples side by side; each token coloured by its probability, its top-5 on hover."""
+    cards = []
+    for index, sample in enumerate(result.samples):
+        # The continuation is decoded on its own, so it carries no space after the prompt's last word.
+        joiner = " " if result.prompt[-1:].strip() and sample.text[:1].isalnum() else ""
+        spans = []
+        for position, (piece, p, alternatives) in enumerate(zip(sample.token_texts, sample.probabilities, sample.alternatives)):
+            if not piece:
+                continue
+            tip = f"token {position + 1}: p={p:.1%}\ntop-5: {_alternatives_text(alternatives[:5])}"
+            spans.append(
+                f'<span class="tok" style="background:{probability_colour(p)}" title="{_escape(tip)}">{_escape(piece)}</span>'
+            )
+        facts = [f"{len(sample.token_ids)} tokens"]
+        if len(sample.probabilities):
+            facts.append(f"mean p {float(sample.probabilities.mean()):.0%}")
+        if sample.beam_score is not None:
+            facts.append(f"beam score {sample.beam_score:.3f}")
+        facts.append({"eos": "ended: end of text", "stop": "ended: stop string", "length": "ended: length limit"}.get(
+            sample.finish_reason or "", "generating…"))
+        title = f"Sample {index + 1}" if len(result.samples) > 1 else "Continuation"
+        cards.append(
+            f'<div class="sample-card"><div class="sample-head"><b>{title}</b> · {" · ".join(facts)}</div>'
+            f'<div class="sample-text"><span class="prompt">{_escape(result.prompt)}</span>{joiner}{"".join(spans)}</div></div>'
+        )
+    legend = (
+        '<div class="prob-legend">Token colour = probability the decoder gave it: '
+        f'<span class="tok" style="background:{probability_colour(0.05)}">5%</span> '
+        f'<span class="tok" style="background:{probability_colour(0.5)}">50%</span> '
+        f'<span class="tok" style="background:{probability_colour(0.95)}">95%</span> '
+        "· hover a token for its top-5 alternatives.</div>"
+    )
+    return f'<div class="samples" style="--columns:{min(len(result.samples), 2)}">{"".join(cards)}</div>{legend}'
+
+
+def token_rows(result: GenerationResult) -> list[list[Any]]:
+    rows = []
+    for index, sample in enumerate(result.samples):
+        for position, (token_id, piece, p, alternatives) in enumerate(
+            zip(sample.token_ids, sample.token_texts, sample.probabilities, sample.alternatives)
+        ):
+            shown = piece.strip() or ("</s>" if int(token_id) == 2 else "∅")
+            rows.append([index + 1, position + 1, shown, round(float(p), 4), _alternatives_text(alternatives[:5])])
+    return rows
+
+
+def generation_info(result: GenerationResult) -> str:
+    if result.finished:
+        speed = f"{result.new_tokens} tokens in {result.elapsed:.2f} s · **{result.tokens_per_second:.1f} tokens/s**"
+        if result.first_token_seconds is not None:
+            speed += f" (first token after {result.first_token_seconds:.2f} s)"
+    else:
+        speed = f"generating… {result.new_tokens} tokens · **{result.tokens_per_second:.1f} tokens/s**"
+    return f"**{_escape(result.model)}** · {speed}  \nSettings: {settings_line(result.settings)}"
+
+
+def generation_json(result: GenerationResult) -> dict[str, Any]:
+    return {
+        "prompt": result.prompt,
+        "settings": result.settings,
+        "model": result.model,
+        "tokens_per_second": round(result.tokens_per_second, 2),
+        "samples": [
+            {
+                "text": s.text,
+                "finish_reason": s.finish_reason,
+                "beam_score": s.beam_score,
+                "tokens": [
+                    {"id": int(i), "text": t, "probability": round(float(p), 6),
+                     "top5": [[tok, round(float(q), 6)] for tok, q in alts[:5]]}
+                    for i, t, p, alts in zip(s.token_ids, s.token_texts, s.probabilities, s.alternatives)
+                ],
+            }
+            for s in result.samples
+        ],
+    }
+
+
+def answer_confidences(result: AnswerResult) -> dict[str, float]:
+    return {a: float(p) for a, p in zip(result.answers, result.probabilities)}
+
+
+def answer_info(result: AnswerResult) -> str:
+    scores = ", ".join(f"{a}: {s:.2f}" for a, s in zip(result.answers, result.log_likelihoods))
+    return (
+        f"**{_escape(result.model)}** · answer: **{result.best}** · log-likelihoods {scores}  \n"
+        f"Settings: {settings_line(result.settings)}"
+    )
+
+
+# ----- NER ------------------------------------------------------------------------------------
+
+
+def entity_colour(kind: str, kinds: list[str]) -> str:
+    if kind in ENTITY_COLOURS:
+        return ENTITY_COLOURS[kind]
+    others = [k for k in kinds if k not in ENTITY_COLOURS]
+    return FALLBACK_COLOURS[others.index(kind) % len(FALLBACK_COLOURS)] if kind in others else FALLBACK_COLOURS[0]
+
+
+def entities_html(result: NerResult) -> str:
+    """The text with each entity marked in place, its type and confidence beside it."""
+    parts, position = [], 0
+    for entity in result.entities:
+        parts.append(_escape(result.text[position:entity.start]))
+        colour = entity_colour(entity.type, result.entity_types)
+        tip = f"{entity.type} · confidence {entity.score:.1%} · characters {entity.start}–{entity.end}"
+        parts.append(
+            f'<mark class="entity" data-type="{_escape(entity.type)}" style="background:{colour}" title="{_escape(tip)}">'
+            f"{_escape(entity.text)}<span class=\"entity-tag\">{_escape(entity.type)} {entity.score:.0%}</span></mark>"
+        )
+        position = entity.end
+    parts.append(_escape(result.text[position:]))
+    legend = " ".join(
+        f'<span class="entity-key" style="background:{entity_colour(k, result.entity_types)}">{_escape(k)}</span>'
+        for k in result.entity_types
+    )
+    found = f"{len(result.entities)} entit{'y' if len(result.entities) == 1 else 'ies'} found"
+    return f'<div class="ner-legend">{legend} · {found}</div><div class="ner-text">{"".join(parts)}</div>'
+
+
+def entity_rows(result: NerResult) -> list[list[Any]]:
+    return [[e.text, e.type, e.start, e.end, round(e.score, 4)] for e in result.entities]
+
+
+def entities_json(result: NerResult) -> dict[str, Any]:
+    return {
+        "text": result.text,
+        "settings": result.settings,
+        "entities": [
+            {"text": e.text, "type": e.type, "start": e.start, "end": e.end, "confidence": round(e.score, 6)}
+            for e in result.entities
+        ],
+    }
+
+
+def entities_csv(result: NerResult) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(ENTITY_TABLE_HEADERS)
+    writer.writerows(entity_rows(result))
+    return buffer.getvalue()
+
+
+def ner_info(result: NerResult) -> str:
+    return (
+        f"**{_escape(result.model)}** · {result.num_tokens} tokens read in {result.elapsed:.2f} s · "
+        f"words tagged by their **{result.aggregation}** piece{'s' if result.aggregation in ('average', 'max') else ''}  \n"
+        f"Settings: {settings_line(result.settings)}"
+    )
+
+
+def write_export(content: str, suffix: str, stem: str = "entities") -> str:
+    """Write an export under a name derived from its content (the same result reuses one file)."""
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha1(content.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    path = EXPORT_DIR / f"{stem}-{digest}{suffix}"
+    if not path.exists():
+        files = sorted(EXPORT_DIR.iterdir(), key=lambda f: f.stat().st_mtime)
+        for old in files[: max(0, len(files) - MAX_EXPORT_FILES + 1)]:
+            old.unlink(missing_ok=True)
+        path.write_text(content, encoding="utf-8")
+    return str(path)
+
+
+# ----- Classify -------------------------------------------------------------------------------
+
+
+def label_confidences(result: ClassificationResult) -> dict[str, float]:
+    return {label: float(p) for label, p in zip(result.labels, result.probabilities)}
+
+
+def classification_info(result: ClassificationResult) -> str:
+    if result.mode == "zero-shot":
+        verdict = f"most likely label: **{_escape(result.predicted[0])}** (probabilities are relative to the candidates)"
+    elif result.multi_label:
+        chosen = ", ".join(f"**{_escape(p)}**" for p in result.predicted) or "**none** of the labels"
+        verdict = f"multi-label, threshold **{result.threshold:g}**: {chosen}"
+    else:
+        verdict = f"predicted: **{_escape(result.predicted[0])}**"
+    return f"**{_escape(result.model)}** · {verdict}  \nSettings: {settings_line(result.settings)}"
