@@ -4,42 +4,24 @@ ablation view. Screenshots go to tests/artifacts/attention-*.png; the console mu
 
 from __future__ import annotations
 
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from app_server import artifacts_dir
+from app_server import artifacts_dir, chromium_page
 from attention_app import attention_server
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
 PLOT = "#attention-plot .js-plotly-plot"
 
 
 @pytest.fixture(scope="module")
 def page():
-    from playwright.sync_api import sync_playwright
-
     url, _ = attention_server()
-    assert CHROMIUM.exists(), "install Debian's Chromium: apt-get install -y chromium"
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="biogpt-attention-"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1360, "height": 1000},
-        )
-        page = context.new_page()
-        page.console_errors = []
-        page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
-        page.on("pageerror", lambda error: page.console_errors.append(str(error)))
-        page.goto(url)
+    with chromium_page(url) as page:
         page.get_by_role("tab", name="Attention", exact=True).click()
         page.wait_for_selector("#attention-text textarea")
         yield page
-        context.close()
 
 
 def plot_state(page) -> dict:

@@ -4,17 +4,11 @@ bundled models and shows what a visitor should see. Screenshots go to tests/arti
 from __future__ import annotations
 
 import re
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from app_server import EXAMPLES, KNOWN_NER_TEXT, artifacts_dir, running_app
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+from app_server import EXAMPLES, KNOWN_NER_TEXT, artifacts_dir, chromium_page, running_app
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +19,9 @@ def server():
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "install Debian's Chromium: apt-get install -y chromium"
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="biogpt-browser-"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1360, "height": 1000},
-        )
-        page = context.new_page()
-        page.console_errors = []
-        page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
-        page.on("pageerror", lambda error: page.console_errors.append(str(error)))
-        page.goto(server)
+    with chromium_page(server) as page:
         page.wait_for_selector("#gen-prompt textarea")
         yield page
-        context.close()
 
 
 def shot(page, name: str) -> None:
