@@ -13,6 +13,7 @@ import mmap
 import os
 import struct
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -115,12 +116,12 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Read a .safetensors file tensor by tensor into memory the returned tensors own.
+    """Read a .safetensors file into tensors that own their memory, converted to `dtype`.
 
     The file is memory-mapped; each tensor is copied (and converted) out of the mapping, whose
-    pages are then released, so the peak is the loaded weights plus about one tensor.
+    pages are then released, so the peak is the loaded weights plus a tensor per thread. The
+    copies run on torch's threads: page faults, not arithmetic, bound this, and they overlap.
     """
-    tensors = {}
     with open(path, "rb") as f:
         (header_size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(header_size))
@@ -130,21 +131,29 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str |
         if header and data_start + max(info["data_offsets"][1] for info in header.values()) > file_size:
             raise ValueError(f"{path} is truncated: its header describes more data than the file holds.")
         if not header:
-            return tensors
+            return {}
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
-        try:
-            data = torch.frombuffer(mapping, dtype=torch.uint8)
-            for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
-                begin, end = (data_start + offset for offset in info["data_offsets"])
-                stored = data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-                target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
-                tensors[name] = stored.to(device=device, dtype=target, copy=True)
-                page_start = begin - begin % mmap.PAGESIZE
-                mapping.madvise(mmap.MADV_DONTNEED, page_start, end - page_start)
-            del data, stored
-        finally:
-            mapping.close()
-    return tensors
+    data = torch.frombuffer(mapping, dtype=torch.uint8)
+
+    def copy_out(item: tuple[str, dict]) -> tuple[str, torch.Tensor]:
+        name, info = item
+        begin, end = (data_start + offset for offset in info["data_offsets"])
+        stored = data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
+        tensor = stored.to(device=device, dtype=target, copy=True)
+        # The mapping is private and never written, so a dropped page shared with a neighbour
+        # that another thread is reading is simply read from the file again.
+        page_start = begin - begin % mmap.PAGESIZE
+        mapping.madvise(mmap.MADV_DONTNEED, page_start, end - page_start)
+        return name, tensor
+
+    in_file_order = sorted(header.items(), key=lambda item: item[1]["data_offsets"][0])
+    try:
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            return dict(pool.map(copy_out, in_file_order))
+    finally:
+        del data
+        mapping.close()
 
 
 def read_state_dict(folder: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
@@ -211,6 +220,7 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     config: BioGptConfig | None = None,
     torch_dtype: Any = None,
+    quantize: str | None = None,
     **config_overrides: Any,
 ):
     """Build `cls` from a checkpoint without a second copy of the weights in memory.
@@ -219,7 +229,18 @@ def load_pretrained(
     assigned to it. Head weights the checkpoint lacks are initialised, logged, and flagged on the model as
     `head_is_untrained`. Keys that fit no BioGPT model, missing base weights and wrong shapes
     raise an error naming them. `config_overrides` (e.g. `id2label=`) update config.json's values.
+    `quantize` ("int8" or "int4" on the CPU, "8bit" or "4bit" on CUDA; see biogpt.quantize)
+    swaps the Linear layers for quantized ones after loading, one layer at a time; the mode is
+    recorded in `model.quantization` (None when not quantized).
     """
+    if quantize is not None:
+        from .quantize import CUDA_MODES, check_mode
+
+        check_mode(quantize, device)
+        if quantize in CUDA_MODES and dtype is None and torch_dtype is None:
+            dtype = torch.float16  # what bitsandbytes computes in; transformers loads it so too
+    # bitsandbytes quantizes each layer on its way to the GPU: the full-precision weights stay on the CPU.
+    load_device = "cpu" if quantize is not None else device
     folder = resolve_model_dir(
         name_or_path,
         [CONFIG_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX, "model-*.safetensors", TORCH_FILE, TORCH_INDEX, "pytorch_model-*.bin"],
@@ -235,7 +256,7 @@ def load_pretrained(
     with uninitialised_parameters():
         model = cls(config)
     expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    state = read_state_dict(folder, target_dtype, device)
+    state = read_state_dict(folder, target_dtype, load_device)
     state = _match_keys(state, set(expected_shapes), has_base_prefix=hasattr(model, "biogpt"))
 
     wrong = [f"{n} {tuple(t.shape)} (expected {expected_shapes[n]})" for n, t in state.items() if tuple(t.shape) != expected_shapes[n]]
@@ -250,13 +271,18 @@ def load_pretrained(
 
     model.load_state_dict(state, strict=False, assign=True)
     if missing:
-        _initialise_missing(model, missing, target_dtype or next(iter(state.values())).dtype, device)
+        _initialise_missing(model, missing, target_dtype or next(iter(state.values())).dtype, load_device)
         model.head_is_untrained = True
         logger.warning(
             "%s has no trained weights for %s in %s: they were initialised at random, so its outputs mean nothing "
             "until it is fine-tuned.", cls.__name__, ", ".join(sorted(missing)), name_or_path,
         )
     model.tie_weights()
+    if quantize is not None:
+        del state  # so each full-precision weight is freed as soon as its layer is quantized
+        from .quantize import quantize_model
+
+        quantize_model(model, quantize, device)
     return model.eval()
 
 
@@ -299,6 +325,11 @@ def save_pretrained(model, directory: str | Path) -> None:
     """Write config.json + model.safetensors in the layout transformers writes (tied weights once)."""
     from safetensors.torch import save_file
 
+    if model.quantization:
+        raise ValueError(
+            f"This model was quantized at load (quantize={model.quantization!r}) and is not saved: its weights are "
+            "rounded and packed for one kernel. Save the original checkpoint instead, and quantize again when loading it."
+        )
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config

@@ -180,6 +180,8 @@ class BioGptPreTrainedModel(nn.Module):
         # Set by from_pretrained when the checkpoint had no weights for the task head, so the UI
         # can say "this head is untrained" instead of showing random labels.
         self.head_is_untrained = False
+        # The quantize= mode of from_pretrained ("int8", "4bit", ...), None for full-precision weights.
+        self.quantization: str | None = None
 
     @property
     def device(self) -> torch.device:
