@@ -151,6 +151,7 @@ class LoadedModel:
     load_seconds: float
     num_parameters: int
     studio: dict[str, Any] = field(default_factory=dict)  # config.json's "biogpt_studio" block
+    quantization: str | None = None  # from_pretrained's quantize= mode, e.g. "int8"
     _surfaces: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -158,7 +159,8 @@ class LoadedModel:
         return int(self.model.config.max_position_embeddings)
 
     def describe(self) -> str:
-        return f"{self.name} · {self.device} · {self.dtype}"
+        weights = f" · {self.quantization} weights" if self.quantization else ""
+        return f"{self.name} · {self.device} · {self.dtype}{weights}"
 
     def surface(self, token_id: int) -> str:
         """How one token reads in decoded text (Moses escapes undone, word-end marker dropped)."""
@@ -362,6 +364,10 @@ def _softmax(values: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+# Weight quantization at load (biogpt.quantize): int8/int4 on the CPU, bitsandbytes 8bit/4bit on CUDA.
+QUANTIZE_MODES = (None, "int8", "int4", "8bit", "4bit")
+
+
 class Engine:
     """Loads models on demand (LRU, one load per model) and answers the app's requests."""
 
@@ -373,11 +379,15 @@ class Engine:
         allowed_models: list[str] | tuple[str, ...] = (),
         max_loaded_models: int = 4,
         limits: Limits | None = None,
+        quantize: str | None = None,
     ) -> None:
         if device not in ("auto", "cpu", "cuda", "mps") and not str(device).startswith("cuda:"):
             raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda or mps.")
         if dtype not in ("auto", "float32", "float16", "bfloat16"):
             raise ValueError(f"Unknown dtype {dtype!r}; use auto, float32, float16 or bfloat16.")
+        if quantize not in QUANTIZE_MODES:
+            raise ValueError(f"Unknown quantize mode {quantize!r}; use none, {', '.join(m for m in QUANTIZE_MODES if m)}.")
+        self.quantize = quantize
         self.default_model = str(default_model)
         self.requested_device = device
         self.requested_dtype = dtype
@@ -487,7 +497,7 @@ class Engine:
         report(0.6, f"Loading {name} onto {self.device} in {self.dtype}")
         cls = {"generate": modeling.BioGptForCausalLM, "ner": modeling.BioGptForTokenClassification,
                "classify": modeling.BioGptForSequenceClassification}[task]
-        model = cls.from_pretrained(folder, dtype=getattr(torch, self.dtype), device=self.device)
+        model = cls.from_pretrained(folder, dtype=getattr(torch, self.dtype), device=self.device, quantize=self.quantize)
         model.eval()
         report(0.9, f"Loading the tokenizer of {name}")
         tokenizer = self._tokenizer_for(folder, model.config.vocab_size)
@@ -497,6 +507,7 @@ class Engine:
             load_seconds=time.perf_counter() - started,
             num_parameters=sum(p.numel() for p in model.parameters()),
             studio=dict(model.config.extra.get("biogpt_studio") or {}),
+            quantization=model.quantization,
         )
 
     def _tokenizer_for(self, folder: Path, vocab_size: int):

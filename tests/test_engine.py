@@ -268,3 +268,23 @@ def test_views_escape_text_and_plots_show_the_threshold(engine):
     generated = list(engine.generate(GenerationRequest(prompt="a <b>", max_new_tokens=5, seed=3)))[-1]
     page = views.generation_html(generated)
     assert "a &lt;b&gt;" in page and page.count('class="tok"') >= 3 + sum(bool(t) for t in generated.samples[0].token_texts)
+
+
+def test_int8_weights_answer_every_tab_and_say_so():
+    """`python app.py --quantize int8`: the engine loads int8 weights and every task still answers."""
+    import app
+
+    args = app.parse_args(["--quantize", "int8"])
+    quantized = Engine(device="cpu", dtype="float32", quantize=None if args.quantize == "none" else args.quantize)
+    result = list(quantized.generate(GenerationRequest(prompt="Naloxone reverses the", mode="greedy", max_new_tokens=12)))[-1]
+    loaded = quantized.load("bundled", "generate")
+    assert loaded.model.quantization == "int8" and "int8 weights" in loaded.describe()
+    assert result.finished and result.new_tokens == 12 and result.samples[0].text
+    # Greedy int8 text starts like fp32's (see tests/test_quantize.py for the agreement bounds).
+    full = list(Engine(device="cpu", dtype="float32").generate(
+        GenerationRequest(prompt="Naloxone reverses the", mode="greedy", max_new_tokens=12)))[-1]
+    assert result.samples[0].token_ids[:3].tolist() == full.samples[0].token_ids[:3].tolist()
+    entities = quantized.ner(KNOWN_NER_TEXT).entities
+    assert {"Naloxone", "clonidine"} <= {e.text for e in entities}
+    with pytest.raises(ValueError, match="Unknown quantize mode"):
+        Engine(quantize="int3")

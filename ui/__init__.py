@@ -45,7 +45,9 @@ def header_html(engine: Engine) -> str:
         '<div class="studio-title"><h1>BioGPT Studio</h1>'
         "<span>Run, inspect and teach Microsoft's biomedical GPT</span></div>"
         f'<div class="studio-serving">Answering on <b>{html.escape(engine.device)}</b> in '
-        f"<b>{html.escape(engine.dtype)}</b> · default model <b>{model}</b> · every result names the model, "
+        f"<b>{html.escape(engine.dtype)}</b>"
+        + (f" with <b>{html.escape(engine.quantize)}</b> weights" if engine.quantize else "")
+        + f" · default model <b>{model}</b> · every result names the model, "
         "settings and seed that produced it</div>"
         f'<div class="studio-disclaimer" role="note"><b>Not medical advice.</b> {html.escape(DISCLAIMER)}</div>'
         "</div>"
