@@ -1,5 +1,6 @@
 """BioGPT Studio: `python app.py [--model ID_OR_PATH] [--device auto|cpu|cuda|mps]
-[--dtype auto|float32|float16|bfloat16] [--host 127.0.0.1] [--port 7860] [--allow-model ID_OR_PATH ...]`.
+[--dtype auto|float32|float16|bfloat16] [--quantize none|int8|int4|8bit|4bit] [--host 127.0.0.1]
+[--port 7860] [--allow-model ID_OR_PATH ...]`; `python app.py --help` lists the queue flags too.
 
 Offline-safe settings are set before gradio is imported: no analytics, no telemetry, no hub
 calls from gradio_client, and loopback traffic never goes through a proxy. Nothing is
