@@ -733,6 +733,9 @@ class Task:
     def on_best(self, metrics: dict) -> None:
         """Called when `metrics` (validation) is the best so far; e.g. keep its threshold."""
 
+    def to_device(self, device) -> None:
+        """Move data the task keeps as tensors to `device`; tasks that pad batches on the fly keep none."""
+
     def headline(self, metrics: dict) -> str:
         return f"{self.metric}={metrics.get(self.metric, float('nan')):.4f}"
 
@@ -906,9 +909,6 @@ class NerTask(Task):
     def studio_extra(self) -> dict[str, Any]:
         return self.settings.to_extra()
 
-    def to_device(self, device) -> None:
-        pass
-
     def num_train_items(self) -> int:
         return len(self.rows)
 
@@ -1018,9 +1018,6 @@ class ClassifyTask(Task):
     def on_best(self, metrics: dict) -> None:
         if self.multi:
             self.threshold = metrics["threshold"]
-
-    def to_device(self, device) -> None:
-        pass
 
     def num_train_items(self) -> int:
         return len(self.train)
