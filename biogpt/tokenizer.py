@@ -29,12 +29,6 @@ VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
 CONFIG_FILE = "tokenizer_config.json"
 
-_TOKENIZERS_DIR = Path(__file__).resolve().parent.parent / "assets" / "tokenizers"
-BUNDLED_TOKENIZERS = {
-    "bundled": _TOKENIZERS_DIR / "biogpt",
-    "bundled-large": _TOKENIZERS_DIR / "biogpt-large",
-}
-
 BOS_TOKEN, PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<s>", "<pad>", "</s>", "<unk>"
 WORD_END = "</w>"
 
@@ -245,16 +239,12 @@ class BioGptTokenizer:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **kwargs: Any) -> BioGptTokenizer:
-        """Load from a local folder, "bundled" / "bundled-large", or a Hugging Face hub id."""
-        name = str(name_or_path)
-        if name in BUNDLED_TOKENIZERS:
-            folder = BUNDLED_TOKENIZERS[name]
-        elif Path(name).expanduser().is_dir():
-            folder = Path(name).expanduser()
-        else:
-            from .loading import resolve_model_dir  # imported late: loading.py pulls in torch
+        """Load from a local folder, a bundled name ("bundled", "bundled-tokenizer",
+        "bundled-tokenizer-large", ...: see biogpt.hub), or a Hugging Face hub id."""
+        from .hub import resolve_model_dir
 
-            folder = resolve_model_dir(name, allow_patterns=[VOCAB_FILE, MERGES_FILE, CONFIG_FILE])
+        name = str(name_or_path)
+        folder = resolve_model_dir(name, allow_patterns=[VOCAB_FILE, MERGES_FILE, CONFIG_FILE])
         config_path = folder / CONFIG_FILE
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         for key in ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces"):

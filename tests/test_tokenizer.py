@@ -456,10 +456,10 @@ def test_save_pretrained_loads_in_transformers(tmp_path):
 
 def test_from_pretrained_names(monkeypatch):
     assert BioGptTokenizer.from_pretrained("bundled").vocab_size == 42384
-    assert BioGptTokenizer.from_pretrained("bundled-large").vocab_size == 57717
+    assert BioGptTokenizer.from_pretrained("bundled-tokenizer-large").vocab_size == 57717
     assert BioGptTokenizer.from_pretrained(str(TOKENIZER_DIRS["biogpt"])).encode("COVID-19 is") == [2, 4805, 9, 656, 21]
 
-    import biogpt.loading
+    import biogpt.hub
 
     calls = []
 
@@ -467,7 +467,7 @@ def test_from_pretrained_names(monkeypatch):
         calls.append((name_or_path, allow_patterns))
         return TOKENIZER_DIRS["biogpt"]
 
-    monkeypatch.setattr(biogpt.loading, "resolve_model_dir", fake_resolve)
+    monkeypatch.setattr(biogpt.hub, "resolve_model_dir", fake_resolve)
     tok = BioGptTokenizer.from_pretrained("microsoft/biogpt")
     assert tok.name_or_path == "microsoft/biogpt" and tok.model_max_length == 1024
     assert calls == [("microsoft/biogpt", ["vocab.json", "merges.txt", "tokenizer_config.json"])]
