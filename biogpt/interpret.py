@@ -29,6 +29,8 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 import torch
 
+from .tokenizer import DASH_WORD, WORD_END, XML_ESCAPES
+
 TOP_K = 10  # next-token candidates kept at every position
 LENS_K = 5  # logit-lens candidates kept per layer and position
 DEFAULT_CACHE_BYTES = 2 * 1024**3
@@ -44,11 +46,7 @@ STATISTICS = {
 AGGREGATES = ("head", "heads", "layers", "all", "rollout")
 
 # Moses escapes in BPE pieces, undone for display.
-_MOSES_ESCAPES = {
-    "&amp;": "&", "&#124;": "|", "&lt;": "<", "&gt;": ">", "&apos;": "'", "&quot;": '"',
-    "&#91;": "[", "&#93;": "]", "@-@": "-", "@,@": ",", "@.@": ".",
-}
-WORD_END = "</w>"
+_MOSES_ESCAPES = {**XML_ESCAPES, DASH_WORD: "-"}
 CONTINUES = "…"  # marks a BPE piece that continues into the next one (no word end)
 
 

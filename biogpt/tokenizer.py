@@ -46,13 +46,13 @@ _DELETED_CHARS_RE = re.compile("[" + "".join(chr(c) for c in range(32) if not ch
 # - whitespace (any unicode space) only separates words;
 _WHITESPACE_RE = re.compile(r"\s*")
 # - eight characters are XML-escaped;
-_XML_ESCAPES = {
+XML_ESCAPES = {
     "&amp;": "&", "&#124;": "|", "&lt;": "<", "&gt;": ">",
     "&apos;": "'", "&quot;": '"', "&#91;": "[", "&#93;": "]",
 }
-_XML_ESCAPE_RE = re.compile("|".join(re.escape(e) for e in _XML_ESCAPES))
+_XML_ESCAPE_RE = re.compile("|".join(re.escape(e) for e in XML_ESCAPES))
 # - "a-b" becomes "a @-@ b": the word "@-@" stands for the one original "-";
-_DASH_WORD = "@-@"
+DASH_WORD = "@-@"
 # - runs of dots are hidden as "DOT...DOTMULTI" while Moses works and restored at the end, so a
 #   literal "DOTMULTI" (or "DOTDOTMULTI") in the text comes back as "." (or "..").
 _MULTIDOT_MARKER_RE = re.compile(r"(?:DOT)+MULTI")
@@ -180,14 +180,14 @@ def _align_word(word: str, text: str, pos: int) -> tuple[Sequence[int], Sequence
     if "&" not in word and text.startswith(word, pos):  # the common case: the word is verbatim
         end = pos + len(word)
         return range(pos, end), range(pos + 1, end + 1), end
-    if word == _DASH_WORD and text.startswith("-", pos):
+    if word == DASH_WORD and text.startswith("-", pos):
         return [pos] * 3, [pos + 1] * 3, pos + 1
     starts: list[int] = []
     ends: list[int] = []
     i = 0
     while i < len(word):
         escape = _XML_ESCAPE_RE.match(word, i)
-        width, char = (len(escape.group()), _XML_ESCAPES[escape.group()]) if escape else (1, word[i])
+        width, char = (len(escape.group()), XML_ESCAPES[escape.group()]) if escape else (1, word[i])
         if text.startswith(char, pos):
             starts += [pos] * width
             ends += [pos + 1] * width
