@@ -268,16 +268,18 @@ Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def repetition_penalty(
     ids: torch.Tensor, scores: torch.Tensor, penalty: float, ignore_before: torch.Tensor | None
 ) -> torch.Tensor:
-    """Divide positive (multiply negative) scores of every token already in the row; left padding is ignored."""
-    vocab = scores.shape[-1]
-    ids = ids.clamp(max=vocab)
+    """Divide positive (multiply negative) scores of every token already in the row; left padding is ignored.
+
+    transformers' gather / where / scatter: only the row's own tokens are computed.
+    """
     if ignore_before is not None:
+        # A padding slot stands in for the row's first real token instead: scattering that token's
+        # penalised score twice changes nothing.
+        first_real = ids.gather(1, ignore_before[:, None])
         positions = torch.arange(ids.shape[1], device=ids.device)
-        ids = ids.masked_fill(positions[None, :] < ignore_before[:, None], vocab)
-    seen = torch.zeros(scores.shape[0], vocab + 1, dtype=torch.bool, device=scores.device)
-    seen.scatter_(1, ids, True)
-    penalised = torch.where(scores < 0, scores * penalty, scores / penalty)
-    return torch.where(seen[:, :vocab], penalised, scores)
+        ids = torch.where(positions[None, :] < ignore_before[:, None], first_real, ids)
+    seen = scores.gather(1, ids)
+    return scores.scatter(1, ids, torch.where(seen < 0, seen * penalty, seen / penalty))
 
 
 def no_repeat_ngram(ids: torch.Tensor, scores: torch.Tensor, n: int) -> torch.Tensor:
@@ -339,11 +341,42 @@ def top_k_filter(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 def top_p_filter(scores: torch.Tensor, top_p: float, keep: int) -> torch.Tensor:
     """Keep the smallest set of best tokens whose probabilities add up to more than top_p."""
+    few = _top_p_among_few(scores, top_p, keep)
+    if few is not None:
+        return few
     sorted_scores, sorted_indices = torch.sort(scores, descending=False)
     cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
     remove_sorted = cumulative <= (1 - top_p)
     remove_sorted[..., -keep:] = 0
     remove = remove_sorted.scatter(1, sorted_indices, remove_sorted)
+    return scores.masked_fill(remove, -math.inf)
+
+
+def _top_p_among_few(scores: torch.Tensor, top_p: float, keep: int) -> torch.Tensor | None:
+    """top_p_filter when an earlier filter (top-k) left only a few finite scores, without sorting
+    the whole vocabulary; None when it does not apply.
+
+    The sorted row is rebuilt exactly (the -inf scores, then the few finite ones ascending, from
+    topk), so the softmax and cumulative sum run on the same numbers as after a full sort and
+    give the same bits. Only the order among equal scores can differ from torch.sort's; if equal
+    scores fall on both sides of the cut, the full sort decides, as in transformers.
+    """
+    vocab = scores.shape[-1]
+    finite = torch.isfinite(scores)
+    few = int(finite.sum(dim=-1).max())
+    if few == 0 or few * 8 > vocab or not bool((finite | (scores == -math.inf)).all()):
+        return None
+    values, indices = torch.topk(scores, few)  # descending
+    ascending, ascending_indices = values.flip(-1), indices.flip(-1)
+    sorted_scores = scores.new_full(scores.shape, -math.inf)
+    sorted_scores[:, vocab - few:] = ascending
+    cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+    remove_sorted = cumulative <= (1 - top_p)
+    remove_sorted[..., -keep:] = 0
+    remove_few = remove_sorted[:, vocab - few:]
+    if bool(((ascending[:, 1:] == ascending[:, :-1]) & (remove_few[:, 1:] != remove_few[:, :-1])).any()):
+        return None
+    remove = torch.zeros_like(remove_sorted).scatter_(1, ascending_indices, remove_few)
     return scores.masked_fill(remove, -math.inf)
 
 
@@ -486,20 +519,7 @@ class _Step:
     tokens: torch.Tensor  # [rows] the chosen tokens (pad for rows already finished)
     scores: torch.Tensor  # [rows, vocab] processed scores the tokens were chosen from
     finished: dict[int, FinishReason]  # rows that finished at this step
-
-
-@dataclass
-class _Run:
-    """State of one greedy/sampling request, readable once the loop is exhausted."""
-
-    sequences: torch.Tensor  # [rows, prompt + max_new] ids buffer, pad-filled
-    prompt_length: int
-    steps: int = 0
-    reasons: list[FinishReason | None] = field(default_factory=list)
-    texts: list[ContinuationText] | None = None
-
-    def ids(self) -> torch.Tensor:
-        return self.sequences[:, : self.prompt_length + self.steps]
+    last: bool = False  # no step follows this one
 
 
 def _private_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -515,88 +535,110 @@ def _private_generator(seed: int | None, device: torch.device) -> torch.Generato
     return generator
 
 
-def _sampling_loop(
-    model,
-    ids: torch.Tensor,
-    mask: torch.Tensor | None,
-    settings: GenerationSettings,
-    run: _Run,
-    tokenizer=None,
-    track_text: bool = False,
-) -> Iterator[_Step]:
-    """Greedy or multinomial decoding, one yield per new token.
+class SamplingRun:
+    """One greedy or sampling request: its cache, id buffer, processors, generator and row states.
 
-    The model is called only when the next step is asked for, so a consumer that stops
-    iterating stops the work at once.
+    The model calls (`prefill`, `decode`) are kept apart from the choice of tokens (`choose`), so
+    a request is decoded the same way alone (`steps`) or merged with other requests between steps
+    (biogpt.batching), which feeds `choose` the rows of a shared forward.
     """
-    s = settings
-    rows, prompt_length = ids.shape
-    vocab = model.config.vocab_size
-    device = ids.device
-    need_text = tokenizer is not None and (bool(s.stop) or track_text)
-    if need_text:
-        run.texts = [ContinuationText(tokenizer, s.stop) for _ in range(rows)]
-    run.reasons = [None] * rows
 
-    with torch.inference_mode():
-        ignore_before = None if mask is None else (mask != 0).int().argmax(dim=1)
-        processors = build_processors(s, prompt_length, vocab, device, ignore_before)
-        generator = _private_generator(s.seed, device) if s.do_sample else None
-        eos = torch.tensor(s.eos_token_ids, device=device) if s.eos_token_ids else None
-        unfinished = torch.ones(rows, dtype=torch.bool, device=device)
-        cache = KVCache(len(model.biogpt.layers), capacity=prompt_length + s.max_new_tokens - 1)
-        full_mask = positions = None
-        if mask is not None:
-            full_mask = mask.new_ones((rows, prompt_length + s.max_new_tokens))
-            full_mask[:, :prompt_length] = mask
-            positions = mask.sum(dim=-1, keepdim=True) - 1  # of the last prompt token
-        logits = prefill(model, ids, mask, cache)
-
-    any_finished = False
-    for step in range(s.max_new_tokens):
-        length = prompt_length + step
-        finished: dict[int, FinishReason] = {}
+    def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor | None, settings: GenerationSettings,
+                 tokenizer=None, track_text: bool = False):
+        s = self.settings = settings
+        self.rows, self.prompt_length = ids.shape
+        self.prompt, self.mask = ids, mask
+        self.sequences = _new_sequence_buffer(ids, s)  # [rows, prompt + max_new] ids, pad-filled
+        self.steps_done = 0
+        self.done = False
+        self.reasons: list[FinishReason | None] = [None] * self.rows
+        need_text = tokenizer is not None and (bool(s.stop) or track_text)
+        self.texts = [ContinuationText(tokenizer, s.stop) for _ in range(self.rows)] if need_text else None
+        device = ids.device
         with torch.inference_mode():
-            if step:
-                if positions is not None:
-                    positions = positions + 1
-                logits = decode_one(
-                    model, run.sequences[:, length - 1], cache,
-                    None if full_mask is None else full_mask[:, :length], positions,
-                )
-            scores = logits.float()
-            scores = apply_processors(processors, run.sequences[:, :length], scores)
-            if generator is not None:
-                probs = F.softmax(scores, dim=-1)
-                tokens = torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
-            else:
-                tokens = torch.argmax(scores, dim=-1)
-            if any_finished:  # finished rows go on with padding, as in transformers
-                tokens = torch.where(unfinished, tokens, s.pad_token_id)
-            run.sequences[:, length] = tokens
-            run.steps = step + 1
+            ignore_before = None if mask is None else (mask != 0).int().argmax(dim=1)
+            self.processors = build_processors(s, self.prompt_length, model.config.vocab_size, device, ignore_before)
+            self.generator = _private_generator(s.seed, device) if s.do_sample else None
+            self.eos = torch.tensor(s.eos_token_ids, device=device) if s.eos_token_ids else None
+            self.unfinished = torch.ones(self.rows, dtype=torch.bool, device=device)
+            self.any_finished = False
+            self.cache = KVCache(len(model.biogpt.layers), capacity=self.prompt_length + s.max_new_tokens - 1)
+            self.full_mask = self.positions = None
+            if mask is not None:
+                self.full_mask = mask.new_ones((self.rows, self.prompt_length + s.max_new_tokens))
+                self.full_mask[:, : self.prompt_length] = mask
+                self.positions = mask.sum(dim=-1, keepdim=True) - 1  # of the last prompt token
 
-            if eos is not None:
-                hit_eos = torch.isin(tokens, eos) & unfinished
-                if bool(hit_eos.any()):
-                    finished.update((row, "eos") for row in hit_eos.nonzero().flatten().tolist())
-            if need_text:
-                token_list = tokens.tolist()
-                for row, text in enumerate(run.texts):
-                    if run.reasons[row] is None:
-                        if text.append(token_list[row]) and row not in finished:
-                            finished[row] = "stop"
-            for row, reason in finished.items():
-                run.reasons[row] = reason
-                unfinished[row] = False
-                any_finished = True
-            if step == s.max_new_tokens - 1:
-                for row in range(rows):
-                    if run.reasons[row] is None:
-                        run.reasons[row] = finished[row] = "length"
-        yield _Step(step, tokens, scores, finished)
-        if any_finished and not bool(unfinished.any()):
-            return
+    def ids(self) -> torch.Tensor:
+        """Prompt and the tokens chosen so far, [rows, length]."""
+        return self.sequences[:, : self.prompt_length + self.steps_done]
+
+    def last_tokens(self) -> torch.Tensor:
+        """[rows] the tokens the next decode step feeds."""
+        return self.sequences[:, self.prompt_length + self.steps_done - 1]
+
+    def prefill(self, model) -> torch.Tensor:
+        return prefill(model, self.prompt, self.mask, self.cache)
+
+    def decode(self, model) -> torch.Tensor:
+        """Logits for the next step of this request alone."""
+        length = self.prompt_length + self.steps_done
+        if self.positions is not None:
+            self.positions = self.positions + 1
+        mask = None if self.full_mask is None else self.full_mask[:, :length]
+        return decode_one(model, self.last_tokens(), self.cache, mask, self.positions)
+
+    def choose(self, logits: torch.Tensor) -> _Step:
+        """Pick each row's next token from `logits` [rows, vocab] and record why rows finished."""
+        s = self.settings
+        step, length = self.steps_done, self.prompt_length + self.steps_done
+        finished: dict[int, FinishReason] = {}
+        scores = logits.float()
+        scores = apply_processors(self.processors, self.sequences[:, :length], scores)
+        if self.generator is not None:
+            probs = F.softmax(scores, dim=-1)
+            tokens = torch.multinomial(probs, num_samples=1, generator=self.generator).squeeze(1)
+        else:
+            tokens = torch.argmax(scores, dim=-1)
+        if self.any_finished:  # finished rows go on with padding, as in transformers
+            tokens = torch.where(self.unfinished, tokens, s.pad_token_id)
+        self.sequences[:, length] = tokens
+        self.steps_done = step + 1
+
+        if self.eos is not None:
+            hit_eos = torch.isin(tokens, self.eos) & self.unfinished
+            if bool(hit_eos.any()):
+                finished.update((row, "eos") for row in hit_eos.nonzero().flatten().tolist())
+        if self.texts is not None:
+            token_list = tokens.tolist()
+            for row, text in enumerate(self.texts):
+                if self.reasons[row] is None:
+                    if text.append(token_list[row]) and row not in finished:
+                        finished[row] = "stop"
+        for row, reason in finished.items():
+            self.reasons[row] = reason
+            self.unfinished[row] = False
+            self.any_finished = True
+        if step == s.max_new_tokens - 1:
+            for row in range(self.rows):
+                if self.reasons[row] is None:
+                    self.reasons[row] = finished[row] = "length"
+        self.done = self.steps_done == s.max_new_tokens or (self.any_finished and not bool(self.unfinished.any()))
+        return _Step(step, tokens, scores, finished, last=self.done)
+
+    def steps(self, model) -> Iterator[_Step]:
+        """Decode alone, one yield per new token. The model is called only when the next step is
+        asked for, so a consumer that stops iterating stops the work at once."""
+        with torch.inference_mode():
+            logits = self.prefill(model)
+        while True:
+            with torch.inference_mode():
+                step = self.choose(logits)
+            yield step
+            if step.last:
+                return
+            with torch.inference_mode():
+                logits = self.decode(model)
 
 
 # --------------------------------------------------------------------------------------------
@@ -842,8 +884,8 @@ def generate(model, input_ids, attention_mask=None, tokenizer=None, **kwargs: An
     if settings.num_beams > 1:
         with torch.inference_mode():
             return _beam_search(model, ids, mask, settings, tokenizer).sequences
-    run = _Run(_new_sequence_buffer(ids, settings), ids.shape[1])
-    for _ in _sampling_loop(model, ids, mask, settings, run, tokenizer):
+    run = SamplingRun(model, ids, mask, settings, tokenizer)
+    for _ in run.steps(model):
         pass
     return run.ids()
 
@@ -885,14 +927,15 @@ def _encode_prompts(tokenizer, prompts, pad_token_id: int):
 
 
 def generate_detailed(
-    model, tokenizer, prompts, attention_mask=None, alternatives: int = 5, **kwargs: Any
+    model, tokenizer, prompts, attention_mask=None, alternatives: int = 5, batcher=None, **kwargs: Any
 ) -> list[GeneratedSequence]:
     """Generate and return, per output sequence, its text, tokens, log-probabilities, the
     `alternatives` most likely candidates at each step and why it ended.
 
     `prompts` is a string, a list of strings, or ids (a tensor or list of lists, with
     `attention_mask` for padded batches). Outputs come in transformers' order: for each prompt,
-    its num_return_sequences sequences.
+    its num_return_sequences sequences. A `batcher` (biogpt.batching.DecodeBatcher of this
+    model) decodes greedy and sampling requests together with other requests' rows.
     """
     if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
         pad = kwargs.get("pad_token_id") if kwargs.get("pad_token_id") is not None else model.config.pad_token_id
@@ -921,12 +964,12 @@ def generate_detailed(
             ))
         return results
 
-    run = _Run(_new_sequence_buffer(ids, settings), prompt_length)
+    run = SamplingRun(model, ids, mask, settings, tokenizer)
     rows = ids.shape[0]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     tops: list[list[tuple[list[float], list[int]]]] = [[] for _ in range(rows)]
     done = [False] * rows
-    for step in _sampling_loop(model, ids, mask, settings, run, tokenizer):
+    for step in _decode_steps(model, run, batcher):
         with torch.inference_mode():
             log_probs = F.log_softmax(step.scores, dim=-1)
             chosen = log_probs.gather(1, step.tokens[:, None]).squeeze(1).tolist()
@@ -962,13 +1005,14 @@ def _finish_sequence(tokenizer, settings, new_ids, logprobs, alternatives_per_st
     return GeneratedSequence(text, new_ids, logprobs, alternatives_per_step, reason, prompt_index, beam_score)
 
 
-def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, **kwargs: Any) -> Iterator[StreamEvent]:
+def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, batcher=None, **kwargs: Any) -> Iterator[StreamEvent]:
     """Yield one StreamEvent per new token of a single prompt (greedy or sampling).
 
     Each event's `text` is the part of the continuation that no later token can change; the
     last event flushes the rest, so the deltas joined equal the final text (the continuation
     only, `decode(new_ids, skip_special_tokens=True)`, cut before a stop string). Closing the
-    generator (or breaking out of the loop) stops the model calls at once.
+    generator (or breaking out of the loop) stops the model calls at once (with a `batcher`, as
+    in generate_detailed, within the few steps it may have computed ahead).
     """
     if isinstance(prompt_or_ids, str):
         ids = torch.tensor([list(tokenizer.encode(prompt_or_ids))], dtype=torch.long)
@@ -981,13 +1025,17 @@ def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, **kwargs: Any
     if settings.num_beams > 1 or settings.num_return_sequences > 1:
         raise ValueError("Streaming shows one sequence as it grows: use num_beams=1 and num_return_sequences=1.")
     k = max(int(alternatives), 1)
-    return _stream_events(model, tokenizer, ids, mask, settings, k)
+    return _stream_events(model, tokenizer, ids, mask, settings, k, batcher)
 
 
-def _stream_events(model, tokenizer, ids, mask, settings, k) -> Iterator[StreamEvent]:
+def _decode_steps(model, run: SamplingRun, batcher) -> Iterator[_Step]:
+    return run.steps(model) if batcher is None else batcher.steps(run)
+
+
+def _stream_events(model, tokenizer, ids, mask, settings, k, batcher) -> Iterator[StreamEvent]:
     # A separate generator so that stream()'s argument checks raise when called, not on first next().
-    run = _Run(_new_sequence_buffer(ids, settings), ids.shape[1])
-    steps = _sampling_loop(model, ids, mask, settings, run, tokenizer, track_text=True)
+    run = SamplingRun(model, ids, mask, settings, tokenizer, track_text=True)
+    steps = _decode_steps(model, run, batcher)
     token_texts = _TokenTexts(tokenizer)
     try:
         for step in steps:

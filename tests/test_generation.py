@@ -8,6 +8,7 @@ the way users run it.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 
@@ -515,3 +516,29 @@ def test_prefill_once_then_one_token_per_step_into_a_preallocated_cache(tiny):
     assert cache.capacity == 7 + 10 - 1 and cache.keys[0].shape[2] == 16  # allocated once, never grown
     assert beams[0][0] == (3, 7) and all(shape == (3, 1) for shape, _, _ in beams[1:])
     assert beams[0][1].keys[0].shape[2] == 7 + 6 - 1
+
+
+def test_top_p_after_top_k_skips_the_full_sort_and_gives_the_same_bits():
+    from biogpt.generation import _top_p_among_few, top_k_filter
+
+    generator = torch.Generator().manual_seed(0)
+    used_fast_path = 0
+    for trial in range(300):
+        rows, vocab = 1 + trial % 3, 42384 if trial % 10 == 0 else 1000
+        scores = torch.randn(rows, vocab, generator=generator) * (0.5 + trial % 7)
+        if trial % 4 == 0:  # ties, some of them around the cut
+            scores = (scores * 2).round() / 2
+        scores = top_k_filter(scores, 1 + trial % 60)
+        if trial % 5 == 0:  # rows with fewer finite scores than others
+            scores[0, scores[0].isfinite().nonzero()[:3, 0]] = -math.inf
+        top_p = (0.3, 0.8, 0.9, 0.95, 0.99)[trial % 5]
+        sorted_scores, sorted_indices = torch.sort(scores)
+        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+        remove_sorted = cumulative <= (1 - top_p)
+        remove_sorted[..., -1:] = 0
+        full_sort = scores.masked_fill(remove_sorted.scatter(1, sorted_indices, remove_sorted), -math.inf)
+        fast = _top_p_among_few(scores, top_p, 1)
+        if fast is not None:
+            used_fast_path += 1
+            assert torch.equal(fast, full_sort), trial
+    assert used_fast_path > 200  # the rest had equal scores across the cut, left to the full sort
