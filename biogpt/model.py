@@ -96,6 +96,42 @@ class KVCache:
         return cache
 
 
+class GroupedKVCache:
+    """The caches of several requests decoded together, one new token per row.
+
+    The rows of all requests go through the linear layers at once (the weights are read once
+    for all of them), while attention runs per request against that request's own KVCache,
+    with the same call as when it is decoded alone. `groups` lists (cache, rows) in row order;
+    rows past them are padding, whose attention output is zero and whose logits are ignored.
+    """
+
+    def __init__(self, groups: list[tuple[KVCache, int]], padded_rows: int):
+        self.groups = groups
+        self.padded_rows = padded_rows
+
+    @property
+    def length(self) -> int:
+        """The longest request's cache: the model checks positions against it."""
+        return max(cache.length for cache, _ in self.groups)
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        if q.shape[2] != 1:
+            raise ValueError("Requests decoded together feed one token per row.")
+        outputs, start = [], 0
+        for cache, rows in self.groups:
+            end = start + rows
+            keys, values = cache.update(layer, k[start:end], v[start:end])
+            outputs.append(F.scaled_dot_product_attention(q[start:end], keys, values, scale=scale))
+            start = end
+        if start < self.padded_rows:
+            outputs.append(q.new_zeros(self.padded_rows - start, *q.shape[1:]))
+        return torch.cat(outputs)
+
+    def advance(self, steps: int) -> None:
+        for cache, _ in self.groups:
+            cache.advance(steps)
+
+
 class BioGptAttention(nn.Module):
     def __init__(self, config: BioGptConfig):
         super().__init__()
@@ -124,11 +160,14 @@ class BioGptAttention(nn.Module):
         q = self.q_proj(x).view(split).transpose(1, 2)
         k = self.k_proj(x).view(split).transpose(1, 2)
         v = self.v_proj(x).view(split).transpose(1, 2)
+        weights = None
+        if isinstance(cache, GroupedKVCache):
+            out = cache.attend(layer, q, k, v, self.scaling)
+            return self.out_proj(out.transpose(1, 2).reshape(batch, length, dim)), weights
         if cache is not None:
             k, v = cache.update(layer, k, v)
         dropout = self.dropout if self.training else 0.0
 
-        weights = None
         if output_attentions:
             # Eager path, written as transformers writes it so the weights match to the last bit.
             scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling
