@@ -40,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "8bit/4bit (bitsandbytes) on CUDA")
     parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default 2)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused")
+    parser.add_argument("--no-batching", action="store_true",
+                        help="decode each Generate request on its own instead of merging concurrent ones")
     parser.add_argument("--max-loaded-models", type=int, default=4, help="models kept in memory (least recently used go)")
     parser.add_argument("--no-preload", action="store_true", help="load models on first use only")
     return parser.parse_args(argv)
@@ -52,7 +54,7 @@ def build(args: argparse.Namespace):
 
     engine = Engine(default_model=args.model, device=args.device, dtype=args.dtype,
                     allowed_models=args.allow_model, max_loaded_models=args.max_loaded_models,
-                    quantize=None if args.quantize == "none" else args.quantize)
+                    quantize=None if args.quantize == "none" else args.quantize, batching=not args.no_batching)
     demo = create_app(engine)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     return engine, demo

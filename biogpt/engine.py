@@ -84,6 +84,8 @@ class Limits:
     max_temperature: float = 10.0
     max_repetition_penalty: float = 10.0
     max_no_repeat_ngram: int = 20
+    # Beam searches are not merged by the batcher; more than this many at once wait their turn.
+    max_parallel_beam_searches: int = 2
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -152,6 +154,7 @@ class LoadedModel:
     num_parameters: int
     studio: dict[str, Any] = field(default_factory=dict)  # config.json's "biogpt_studio" block
     quantization: str | None = None  # from_pretrained's quantize= mode, e.g. "int8"
+    batcher: Any = None  # a biogpt.batching.DecodeBatcher for language models when batching is on
     _surfaces: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -380,6 +383,7 @@ class Engine:
         max_loaded_models: int = 4,
         limits: Limits | None = None,
         quantize: str | None = None,
+        batching: bool = True,
     ) -> None:
         if device not in ("auto", "cpu", "cuda", "mps") and not str(device).startswith("cuda:"):
             raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda or mps.")
@@ -388,6 +392,8 @@ class Engine:
         if quantize not in QUANTIZE_MODES:
             raise ValueError(f"Unknown quantize mode {quantize!r}; use none, {', '.join(m for m in QUANTIZE_MODES if m)}.")
         self.quantize = quantize
+        # Concurrent greedy/sampling requests on one language model share each decoding forward.
+        self.batching = bool(batching)
         self.default_model = str(default_model)
         self.requested_device = device
         self.requested_dtype = dtype
@@ -402,6 +408,7 @@ class Engine:
         self._tokenizers: dict[str, Any] = {}
         self._device: str | None = None
         self._dtype: str | None = None
+        self._beam_searches = threading.Semaphore(self.limits.max_parallel_beam_searches)
 
     # ----- models ---------------------------------------------------------------------------
 
@@ -460,7 +467,9 @@ class Engine:
             with self._registry_lock:
                 self._models[key] = loaded
                 while len(self._models) > self.max_loaded_models:
-                    self._models.popitem(last=False)  # requests still holding it finish normally
+                    _, evicted = self._models.popitem(last=False)  # requests holding it finish normally
+                    if evicted.batcher is not None:
+                        evicted.batcher.close()
             return loaded
 
     def preload(self, names_and_tasks: list[tuple[str, str]]) -> threading.Thread:
@@ -471,7 +480,9 @@ class Engine:
 
             for name, task in names_and_tasks:
                 try:
-                    self.load(name, task)
+                    loaded = self.load(name, task)
+                    if loaded.batcher is not None:
+                        loaded.batcher.calibrate()
                 except Exception as error:  # a missing optional model must not stop the app
                     logging.getLogger(__name__).warning("Could not preload %s (%s): %s", name, task, error)
 
@@ -501,6 +512,11 @@ class Engine:
         model.eval()
         report(0.9, f"Loading the tokenizer of {name}")
         tokenizer = self._tokenizer_for(folder, model.config.vocab_size)
+        batcher = None
+        if task == "generate" and self.batching:
+            from .batching import DecodeBatcher
+
+            batcher = DecodeBatcher(model)
         return LoadedModel(
             name=name, task=task, model=model, tokenizer=tokenizer, device=self.device, dtype=self.dtype,
             head_is_untrained=bool(getattr(model, "head_is_untrained", False)),
@@ -508,6 +524,7 @@ class Engine:
             num_parameters=sum(p.numel() for p in model.parameters()),
             studio=dict(model.config.extra.get("biogpt_studio") or {}),
             quantization=model.quantization,
+            batcher=batcher,
         )
 
     def _tokenizer_for(self, folder: Path, vocab_size: int):
@@ -546,9 +563,9 @@ class Engine:
         """Yield the growing result token by token (one sequence, greedy or sampling), or once
         at the end (several sequences or beam search, which cannot show partial text).
 
-        Closing the iterator stops decoding at once (the UI's Stop button). Every Generate
-        request passes through here, so a batcher that merges concurrent requests between
-        decoding steps (issue 7) replaces `_stream_one` / `_generate_batch` without touching the UI.
+        Closing the iterator stops decoding (the UI's Stop button). With batching on, greedy and
+        sampling requests on the same model are decoded together between steps (biogpt.batching);
+        each gets exactly what it would get alone. Beam searches run on their own, a few at a time.
         """
         prompt = clean_text(request.prompt, "prompt", self.limits.max_prompt_chars)
         kwargs = request.decoding_kwargs(self.limits)
@@ -582,7 +599,7 @@ class Engine:
         from .generation import stream
 
         try:
-            events = stream(loaded.model, loaded.tokenizer, [ids], **kwargs)
+            events = stream(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, **kwargs)
         except ValueError as error:
             raise InputError(str(error)) from None
         return self._stream_results(loaded, prompt, events, settings)
@@ -614,9 +631,15 @@ class Engine:
     def _generate_batch(self, loaded, prompt, ids, kwargs, settings) -> Iterator[GenerationResult]:
         from .generation import generate_detailed
 
+        beam_search = kwargs.get("num_beams", 1) > 1
         started = time.perf_counter()
         try:
-            sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], **kwargs)
+            if beam_search:
+                with self._beam_searches:
+                    started = time.perf_counter()
+                    sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], **kwargs)
+            else:
+                sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, **kwargs)
         except ValueError as error:
             raise InputError(str(error)) from None
         elapsed = time.perf_counter() - started

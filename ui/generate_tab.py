@@ -23,6 +23,9 @@ PRESETS = {
 }
 DEFAULT_PRESET = "balanced"
 RENDER_EVERY = 0.12  # seconds between streamed repaints: smooth, without resending the page per token
+# Generate requests on one model share each decoding forward (biogpt.batching), so more of them
+# may run at once than --concurrency allows the other tabs.
+BATCHED_CONCURRENCY = 8
 
 
 def build_generate_tab(engine: Engine) -> None:
@@ -134,6 +137,7 @@ def build_generate_tab(engine: Engine) -> None:
         inputs=[prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
                 no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop_strings],
         outputs=[output, tokens, info, table, raw], api_name="generate",
+        concurrency_limit=BATCHED_CONCURRENCY if engine.batching else "default",
         api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
                         "a table of token probabilities and the full result as JSON (settings and seed included).",
     )
