@@ -1,5 +1,6 @@
 """16 simultaneous gradio_client users across the endpoints: each gets the same answer it would
-get alone, or Gradio's queue-full refusal (then retries, as a client would); memory stays bounded.
+get alone, or Gradio's queue-full refusal (then retries, as a client would); memory stays bounded;
+concurrent Generate requests (greedy, and sampling with a seed) are decoded together.
 
 The queue is made small on purpose (4 waiting) so that the refusal path is exercised too.
 The numbers are printed and written to tests/artifacts/load.json.
@@ -50,6 +51,8 @@ def test_sixteen_concurrent_users_get_correct_answers_or_a_clear_queue_full_mess
     with running_app("--concurrency", "2", "--queue-size", str(QUEUE_SIZE)) as (url, engine):
         # What each endpoint answers to a lone user: the reference every concurrent answer must equal.
         expected_text = list(engine.generate(GenerationRequest(prompt, mode="greedy", max_new_tokens=24)))[-1].samples[0].text
+        sampled = GenerationRequest(prompt, mode="sampling", seed=5, max_new_tokens=24)
+        expected_sample = list(engine.generate(sampled))[-1].samples[0].text
         expected_entities = [(e.text, e.type) for e in engine.ner(KNOWN_NER_TEXT).entities]
         classified = engine.classify(classify_text)
         expected_top = [classified.labels[i] for i in classified.probabilities.argsort()[::-1][:3]]
@@ -57,6 +60,8 @@ def test_sixteen_concurrent_users_get_correct_answers_or_a_clear_queue_full_mess
 
         calls = [
             lambda c: c.predict(prompt, api_name="/generate", mode="greedy", max_new_tokens=24)[0] == expected_text,
+            lambda c: c.predict(prompt, api_name="/generate", mode="sampling", seed=5, max_new_tokens=24)[0]
+            == expected_sample,
             lambda c: [(r[0], r[1]) for r in c.predict(KNOWN_NER_TEXT, api_name="/ner")[2]["data"]] == expected_entities,
             lambda c: [x["label"] for x in c.predict(classify_text, api_name="/classify")[0]["confidences"]] == expected_top,
             lambda c: c.predict(zero_shot["text"], ", ".join(zero_shot["labels"]), api_name="/zero_shot")[0]["label"]
@@ -88,13 +93,14 @@ def test_sixteen_concurrent_users_get_correct_answers_or_a_clear_queue_full_mess
         with ThreadPoolExecutor(USERS) as pool:
             list(pool.map(user, range(USERS)))
         elapsed = time.perf_counter() - started
+        merged = engine.load("bundled", "generate").batcher.most_requests_merged
         monitor.running = False
         monitor.join()
         after = rss_mb()
 
     numbers = {
         "users": USERS, "requests_answered": len(answers), "correct": sum(answers), "queue_full_refusals": len(refusals),
-        "other_errors": other_errors[:5], "seconds": round(elapsed, 1),
+        "other_errors": other_errors[:5], "seconds": round(elapsed, 1), "most_generations_merged": merged,
         "rss_baseline_mb": round(baseline), "rss_peak_mb": round(monitor.peak), "rss_after_mb": round(after),
     }
     (artifacts_dir() / "load.json").write_text(json.dumps(numbers, indent=1))
@@ -103,3 +109,4 @@ def test_sixteen_concurrent_users_get_correct_answers_or_a_clear_queue_full_mess
     assert len(answers) == USERS * ROUNDS and all(answers), numbers
     assert refusals and set(refusals) == {"Queue is full! Please try again."}, numbers
     assert monitor.peak - baseline < MAX_RSS_GROWTH_MB, numbers
+    assert merged >= 2, numbers  # concurrent Generate requests shared decoding forwards
