@@ -1,0 +1,314 @@
+"""Decoding at a fixed batch size with a static KV cache, replayed as one CUDA graph per step.
+
+On a GPU, decoding one token of BioGPT is a few hundred small kernels, each done in
+microseconds; launched one by one from Python, the launches take longer than the work. The
+fix (gpt-fast, vLLM, transformers' static cache) is to make every decode step have the same
+shapes and the same memory addresses, record it once as a CUDA graph, and replay the graph:
+one launch per token. What that needs here:
+
+  - a KV cache of fixed capacity, [batch, heads, capacity, head_dim] per layer, allocated once;
+  - the new token's keys and values written at slot `position` with `index_copy_`, where
+    `position` is a device tensor (a Python int would be baked into the graph);
+  - attention over the whole capacity with an additive mask that hides the slots after
+    `position` (and a row's left padding), so no shape depends on how far decoding has gone;
+  - the token and position embeddings looked up from device tensors.
+
+The prompt runs through the model's normal forward (SDPA, flash attention where the GPU has
+it) and its keys and values are copied into the static cache. The decode step calls the
+model's own decoder layers, so the weights, their dtype and any quantized Linear modules are
+the model's; nothing is copied. On the CPU (or with use_graph=False) the same step runs
+eagerly, which is how the tests check all of this without a GPU.
+
+Token choice (argmax, or sampling with temperature / top-k / top-p) happens outside the
+graph: it is a handful of kernels and keeps random-number state out of the captured work.
+With the same seed, sampling draws what `model.generate(..., seed=...)` draws.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .generation import _private_generator, resolve_settings, top_k_filter, top_p_filter
+from .model import POSITION_OFFSET
+
+# Eager runs before capture: they let cuBLAS and the SDPA kernels pick and allocate their
+# workspaces outside the graph, as PyTorch's CUDA graph recipe asks.
+WARMUP_STEPS = 3
+# The attention mask's last dimension is the capacity; multiples of 16 keep the memory-efficient
+# SDPA kernel from padding the mask on every step.
+CAPACITY_MULTIPLE = 16
+
+
+class StaticKVCache:
+    """Per-layer key and value buffers of fixed shape, written at one device-side position.
+
+    It answers the model's attention the way KVCache does (`update(layer, key, value)` returns
+    the keys and values to attend over), so the decoder layers run unchanged; here those are
+    always the whole buffers, and the attention mask says which slots count.
+    """
+
+    def __init__(self, num_layers: int, batch: int, heads: int, capacity: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device, position: torch.Tensor):
+        shape = (batch, heads, capacity, head_dim)
+        # Zeros, never torch.empty: a masked slot still enters P @ V with weight 0, and 0 * NaN is NaN.
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.position = position  # [1] long, shared with the decoder
+
+    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.keys[layer].index_copy_(2, self.position, key)
+        self.values[layer].index_copy_(2, self.position, value)
+        return self.keys[layer], self.values[layer]
+
+    def reset(self) -> None:
+        for buffer in self.keys + self.values:
+            buffer.zero_()
+
+
+class GraphedDecoder:
+    """Greedy or sampled decoding of `batch_size` prompts at a time with a static KV cache.
+
+        decoder = GraphedDecoder(model, batch_size=1, capacity=256)
+        ids = decoder.generate(input_ids, max_new_tokens=128)   # like model.generate
+
+    `capacity` bounds prompt + new tokens (default: the model's max_position_embeddings; it is
+    rounded up to a multiple of 16 and capped there); attention reads the whole capacity every
+    step, so keep it near what requests need. The decoder captures its CUDA graph on the first decode
+    step and reuses it for every later request, so the model must stay where it is (no `.to()`
+    afterwards) and must be in eval mode. A model whose layers cannot be captured
+    (bitsandbytes' 8-bit layers look for outliers with a host synchronisation) runs the same
+    step eagerly; `graph_error` says why.
+
+    prefill() and decode() are the two steps, for callers that drive the loop themselves; the
+    logits they return live in a buffer that the next call overwrites.
+    """
+
+    def __init__(self, model, batch_size: int, capacity: int | None = None, use_graph: bool | None = None):
+        if model.training:
+            raise ValueError("GraphedDecoder needs the model in eval mode (dropout would be captured): call model.eval().")
+        base = model.biogpt
+        config = model.config
+        self.model = model
+        self.batch_size = batch_size
+        self.device = base.embed_tokens.weight.device
+        self.dtype = base.embed_tokens.weight.dtype
+        max_positions = config.max_position_embeddings
+        capacity = max_positions if capacity is None else capacity
+        if capacity < 2:
+            raise ValueError(f"capacity must be at least 2 (a prompt token and a new one), got {capacity}.")
+        rounded = -(-capacity // CAPACITY_MULTIPLE) * CAPACITY_MULTIPLE
+        self.capacity = min(rounded, max_positions)
+
+        self.graph_error: str | None = None
+        if use_graph is None:
+            use_graph = self.device.type == "cuda"
+        if use_graph and self.device.type != "cuda":
+            raise ValueError(f"CUDA graphs need the model on a CUDA device; this one is on {self.device.type}.")
+        if use_graph:
+            self.graph_error = _capture_blocker(model)
+        self.uses_graph = use_graph and self.graph_error is None
+        self._graph: torch.cuda.CUDAGraph | None = None
+
+        with torch.inference_mode():
+            # The step's inputs: fixed tensors whose contents change between replays.
+            self.tokens = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+            self.position = torch.zeros(1, dtype=torch.long, device=self.device)
+            self.row_start = torch.zeros(batch_size, dtype=torch.long, device=self.device)  # left padding per row
+            self.slots = torch.arange(self.capacity, device=self.device)
+            self.cache = StaticKVCache(
+                len(base.layers), batch_size, config.num_attention_heads, self.capacity, config.head_dim,
+                self.dtype, self.device, self.position,
+            )
+        self._logits: torch.Tensor | None = None  # the graph's output buffer once captured
+        self.length = 0  # slots filled: the next token is written at this position
+
+    # ----------------------------------------------------------------------------------------
+    # The two steps
+
+    @torch.inference_mode()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Run the prompts through the model's own forward and fill the cache; logits [batch, vocab].
+
+        Padding must be on the left (as for batched generation); `attention_mask` None means none.
+        """
+        ids = torch.as_tensor(input_ids, dtype=torch.long).to(self.device)
+        if ids.dim() != 2 or ids.shape[0] != self.batch_size or ids.shape[1] == 0:
+            raise ValueError(f"input_ids must be [{self.batch_size}, length >= 1] for this decoder, got {list(ids.shape)}.")
+        length = ids.shape[1]
+        if length > self.capacity:
+            raise ValueError(f"The prompt has {length} tokens; this decoder holds {self.capacity} in all, "
+                             "so make one with a larger capacity.")
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(self.device)
+        row_start = torch.zeros(self.batch_size, dtype=torch.long, device=self.device)
+        if mask is not None:
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask has shape {list(mask.shape)} but input_ids has {list(ids.shape)}.")
+            row_start = length - mask.long().sum(dim=-1)
+            left_padded = torch.arange(length, device=self.device)[None, :] >= row_start[:, None]
+            if not torch.equal(mask.bool(), left_padded) or bool((row_start >= length).any()):
+                raise ValueError("GraphedDecoder takes left padding only, and every prompt needs at least one token.")
+            if not bool(row_start.any()):
+                mask = None  # nothing padded: the model's fast causal path
+
+        out = self.model(ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        self.cache.reset()  # stale slots of an earlier request must not hold NaN or inf (see StaticKVCache)
+        for layer, (key, value) in enumerate(out.past_key_values.to_legacy()):
+            self.cache.keys[layer][:, :, :length].copy_(key)
+            self.cache.values[layer][:, :, :length].copy_(value)
+        self.row_start.copy_(row_start)
+        self.length = length
+        return out.logits[:, -1]
+
+    @torch.inference_mode()
+    def decode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (a [batch] tensor on the model's device); logits [batch, vocab]."""
+        if self.length == 0:
+            raise ValueError("Call prefill() with the prompts before decode().")
+        if self.length >= self.capacity:
+            raise ValueError(f"The cache is full ({self.capacity} positions); make a decoder with a larger capacity.")
+        self.tokens.copy_(tokens)
+        self.position.fill_(self.length)
+        if self.uses_graph:
+            if self._graph is None:
+                self._capture()
+            if self._graph is not None:
+                self._graph.replay()
+                self.length += 1
+                return self._logits
+        logits = self._step()
+        self.length += 1
+        return logits
+
+    def _step(self) -> torch.Tensor:
+        """One token per row at slot `position`: nothing here depends on a host-side value."""
+        base = self.model.biogpt
+        positions = (self.position - self.row_start)[:, None]  # counted over real tokens, as generate does
+        hidden = base.embed_tokens(self.tokens[:, None]) * base.embed_scale
+        hidden = hidden + base.embed_positions(positions + POSITION_OFFSET)
+        visible = (self.slots[None, :] >= self.row_start[:, None]) & (self.slots[None, :] <= self.position)
+        bias = torch.zeros(visible.shape, dtype=self.dtype, device=self.device)
+        bias = bias.masked_fill(~visible, torch.finfo(self.dtype).min)[:, None, None, :]  # [batch, 1, 1, capacity]
+        for index, layer in enumerate(base.layers):
+            hidden, _ = layer(hidden, bias, False, self.cache, index, None, False)
+        hidden = base.layer_norm(hidden)
+        return self.model.output_projection(hidden)[:, 0]
+
+    def _capture(self) -> None:
+        """PyTorch's recipe: warm up on a side stream, then record one step into a graph.
+
+        Warm-up steps run the real step at the current position, which only rewrites the slot
+        that the replay writes again, so capturing in the middle of a request is harmless.
+        """
+        stream = torch.cuda.Stream(device=self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            for _ in range(WARMUP_STEPS):
+                self._step()
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._logits = self._step()
+        except Exception as error:  # noqa: BLE001 - whatever capture forbids, the eager step still works
+            self.graph_error = f"capture failed: {error}".splitlines()[0]
+            self.uses_graph = False
+            self._logits = None
+            warnings.warn(f"GraphedDecoder runs eagerly: {self.graph_error}", RuntimeWarning, stacklevel=3)
+            return
+        self._graph = graph
+
+    # ----------------------------------------------------------------------------------------
+    # The loop
+
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """Prompt + new tokens, [batch, length], as `model.generate` gives them.
+
+        Takes generate's keywords and defaults for greedy decoding and sampling: max_new_tokens,
+        do_sample, temperature, top_k, top_p, seed, eos_token_id, pad_token_id. Rows that end
+        early are padded with pad_token_id. Other processors (penalties, bans, beams, stop
+        strings) are refused: use model.generate for those. Unlike model.generate, the padding
+        mask is never guessed from pad tokens: pass attention_mask when prompts are padded.
+        """
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        if ids.dim() == 1:
+            ids = ids.unsqueeze(0)
+        s = resolve_settings(self.model.config, ids.shape[1], **kwargs)
+        _refuse_unsupported(s)
+        prompt_length = ids.shape[1]
+        if prompt_length + s.max_new_tokens - 1 > self.capacity:
+            raise ValueError(
+                f"{prompt_length} prompt tokens and {s.max_new_tokens} new ones need {prompt_length + s.max_new_tokens - 1} "
+                f"cache positions; this decoder has {self.capacity}."
+            )
+        generator = _private_generator(s.seed, self.device) if s.do_sample else None
+        eos = torch.tensor(s.eos_token_ids, device=self.device) if s.eos_token_ids else None
+
+        logits = self.prefill(ids, attention_mask)
+        sequences = torch.full((self.batch_size, prompt_length + s.max_new_tokens), s.pad_token_id,
+                               dtype=torch.long, device=self.device)
+        sequences[:, :prompt_length] = ids.to(self.device)
+        unfinished = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
+        steps = 0
+        for step in range(s.max_new_tokens):
+            if step:
+                logits = self.decode(tokens)
+            tokens = _choose(logits, s, generator)
+            if eos is not None:
+                tokens = torch.where(unfinished, tokens, s.pad_token_id)  # finished rows go on with padding
+            sequences[:, prompt_length + step] = tokens
+            steps = step + 1
+            if eos is not None:
+                unfinished &= ~torch.isin(tokens, eos)
+                if not bool(unfinished.any()):  # one host sync a step, only when eos can end rows
+                    break
+        return sequences[:, : prompt_length + steps]
+
+
+def _choose(logits: torch.Tensor, settings, generator: torch.Generator | None) -> torch.Tensor:
+    """generate()'s choice: argmax, or the sampling warpers in transformers' order and one multinomial draw."""
+    scores = logits.float()
+    if generator is None:
+        return torch.argmax(scores, dim=-1)
+    if settings.temperature != 1.0:
+        scores = scores / settings.temperature
+    if settings.top_k != 0:
+        scores = top_k_filter(scores, settings.top_k)
+    if settings.top_p < 1.0:
+        scores = top_p_filter(scores, settings.top_p, 1)
+    probs = F.softmax(scores, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def _refuse_unsupported(s) -> None:
+    unsupported = {
+        "repetition_penalty": s.repetition_penalty != 1.0,
+        "no_repeat_ngram_size": s.no_repeat_ngram_size > 0,
+        "bad_words_ids": s.bad_words_ids is not None,
+        "min_new_tokens": s.min_new_tokens > 0,
+        "typical_p": s.typical_p < 1.0,
+        "num_beams": s.num_beams > 1,
+        "num_return_sequences": s.num_return_sequences > 1,
+        "stop": bool(s.stop),
+    }
+    asked = [name for name, used in unsupported.items() if used]
+    if asked:
+        raise ValueError(
+            f"GraphedDecoder does greedy decoding and sampling (temperature, top_k, top_p) only; "
+            f"use model.generate for {', '.join(asked)}."
+        )
+
+
+def _capture_blocker(model) -> str | None:
+    """Why this model's decode step cannot be captured as a CUDA graph, if we know beforehand."""
+    for name, module in model.named_modules():
+        state = getattr(module, "state", None)
+        # bitsandbytes' Linear8bitLt with an outlier threshold calls `outliers.any()` on every
+        # input, a host synchronisation that stream capture forbids.
+        if type(module).__name__ == "Linear8bitLt" and getattr(state, "threshold", 0.0) > 0.0:
+            return f"{name} is a bitsandbytes 8-bit layer with outlier threshold {state.threshold} (it synchronises on every call)"
+    return None
