@@ -519,7 +519,7 @@ def test_prefill_once_then_one_token_per_step_into_a_preallocated_cache(tiny):
 
 
 def test_top_p_after_top_k_skips_the_full_sort_and_gives_the_same_bits():
-    from biogpt.generation import _top_p_among_few, top_k_filter
+    from biogpt.generation import _top_p_among_few, top_k_filter, top_k_top_p_filter
 
     generator = torch.Generator().manual_seed(0)
     used_fast_path = 0
@@ -528,9 +528,10 @@ def test_top_p_after_top_k_skips_the_full_sort_and_gives_the_same_bits():
         scores = torch.randn(rows, vocab, generator=generator) * (0.5 + trial % 7)
         if trial % 4 == 0:  # ties, some of them around the cut
             scores = (scores * 2).round() / 2
-        scores = top_k_filter(scores, 1 + trial % 60)
-        if trial % 5 == 0:  # rows with fewer finite scores than others
-            scores[0, scores[0].isfinite().nonzero()[:3, 0]] = -math.inf
+        if trial % 5 == 0:  # a row with a few banned tokens (no-repeat n-grams): -inf before top-k
+            scores[0, torch.randperm(vocab, generator=generator)[:3]] = -math.inf
+        unfiltered, k = scores, 1 + trial % 60
+        scores = top_k_filter(scores, k)
         top_p = (0.3, 0.8, 0.9, 0.95, 0.99)[trial % 5]
         sorted_scores, sorted_indices = torch.sort(scores)
         cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
@@ -541,4 +542,6 @@ def test_top_p_after_top_k_skips_the_full_sort_and_gives_the_same_bits():
         if fast is not None:
             used_fast_path += 1
             assert torch.equal(fast, full_sort), trial
+        # Both filters from one topk, on the scores before top-k.
+        assert torch.equal(top_k_top_p_filter(unfiltered, k, top_p, 1), full_sort), trial
     assert used_fast_path > 200  # the rest had equal scores across the cut, left to the full sort
