@@ -10,15 +10,18 @@ its own cache (`GroupedKVCache`), so requests of different lengths need no paddi
 
 Each result is identical, bit for bit, to what the request gets through the batcher alone.
 That needs care: a matrix product does not compute a row the same way for every number of
-rows (MKL, for one, uses another kernel for a single row, and treats rows past a multiple of 4
-separately). So every forward is padded to a multiple of a row block, and before first use a
-probe checks on this model and machine, for every padded size up to `max_rows`, that each row
-of a forward equals the same request's logits alone. Sizes that fail are never used (batches
-are capped below them); if even one block fails, requests are served one forward each.
+rows (MKL, behind F.linear, uses another kernel for a single row and treats rows past a
+multiple of 4 apart). So the shared forwards run their linear layers through oneDNN
+(`model.row_invariant_linears`), which gives a row the same bits for any even number of rows
+(and decodes one row about twice as fast as MKL here), every forward is padded to a multiple
+of a row block, and before first use a probe checks on this model and machine, for every
+padded size up to `max_rows`, that each row of a forward equals the same request's logits
+alone. Sizes that fail are never used (batches are capped below them); if even the smallest
+block fails, requests are served one forward each.
 
-Compared with `generate()`, which runs a single row unpadded, batched results may differ in
-the last bits of the logits (a padded block is another kernel), which can flip a near-tie
-between two tokens. They are deterministic and independent of other users' requests.
+Compared with `generate()` (MKL, one unpadded row, transformers' kernel), batched logits may
+differ in the last bits, which can flip a near-tie between two tokens. They are deterministic
+and independent of other users' requests.
 """
 
 from __future__ import annotations
@@ -26,18 +29,20 @@ from __future__ import annotations
 import math
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
 
 from .generation import SamplingRun, _Step, resolve_settings
-from .model import GroupedKVCache
+from .model import GroupedKVCache, row_invariant_linears
 
-ROW_BLOCKS = (4, 8, 16)
+ROW_BLOCKS = (2, 4, 8, 16)
 # Steps a request may run ahead of its reader. A reader that stops reading pauses its request
 # after this many, so stopping a stream stops the work and unread logits cannot pile up.
 MAX_AHEAD = 2
+CHOOSE_THREADS = 2
 
 
 @dataclass
@@ -112,7 +117,9 @@ class DecodeBatcher:
 
     def _serve(self) -> None:
         active: list[_Request] = []
-        with torch.inference_mode():
+        # Choosing tokens is per request and mostly single-threaded work over the vocabulary (the
+        # sampling draw alone takes about 1 ms for 42,384 tokens), so requests choose in parallel.
+        with torch.inference_mode(), ThreadPoolExecutor(CHOOSE_THREADS, thread_name_prefix="biogpt-choose") as choosers:
             while True:
                 with self._changed:
                     while not self._incoming and not self._ready(active):
@@ -123,15 +130,21 @@ class DecodeBatcher:
                         self._changed.wait(timeout=1.0)
                     arrived, self._incoming = self._incoming, []
                     active = [r for r in active if not r.cancelled]
-                for request in arrived:
-                    if self._start(request):
-                        active.append(request)
-                ready = self._ready(active)
-                if ready:
-                    self._decode(ready)
-                    # Round robin: whoever just ran goes to the back, so a full batch starves no one.
-                    waiting = [r for r in active if r not in ready]
-                    active = waiting + [r for r in ready if not r.run.done]
+                try:
+                    for request in arrived:
+                        if self._start(request):
+                            active.append(request)
+                    ready = self._ready(active)
+                    if ready:
+                        self._decode(ready, choosers)
+                        # Round robin: whoever just ran goes to the back, so a full batch starves no one.
+                        waiting = [r for r in active if r not in ready]
+                        active = waiting + [r for r in ready if not r.run.done]
+                except Exception as error:  # noqa: BLE001 - a bug here must not leave readers waiting forever
+                    for request in active + arrived:
+                        if not request.run.done:
+                            self._fail(request, error)
+                    active = []
 
     def _ready(self, active: list[_Request]) -> list[_Request]:
         """Requests whose readers keep up, as many as fit in max_rows (at least one)."""
@@ -161,7 +174,7 @@ class DecodeBatcher:
         self._deliver(request, step)
         return not step.last
 
-    def _decode(self, requests: list[_Request]) -> None:
+    def _decode(self, requests: list[_Request], choosers: ThreadPoolExecutor) -> None:
         groups = [requests] if self.row_block else [[r] for r in requests]
         for group in groups:
             try:
@@ -172,20 +185,27 @@ class DecodeBatcher:
                 continue
             self.forwards += 1
             self.most_requests_merged = max(self.most_requests_merged, len(group))
-            start = 0
-            for request in group:
-                rows = request.run.rows
+            starts = [0]
+            for request in group[:-1]:
+                starts.append(starts[-1] + request.run.rows)
+            chosen = [choosers.submit(_choose, request.run, logits[start:start + request.run.rows])
+                      for request, start in zip(group, starts)]
+            for request, future in zip(group, chosen):
                 try:
-                    step = request.run.choose(logits[start:start + rows])
+                    step = future.result()
                 except Exception as error:  # noqa: BLE001 - only this request fails
                     self._fail(request, error)
                 else:
                     self._deliver(request, step)
-                start += rows
 
     def _fail(self, request: _Request, error: BaseException) -> None:
         request.run.done = True
         self._deliver(request, error)
+
+
+def _choose(run: SamplingRun, logits: torch.Tensor) -> _Step:
+    with torch.inference_mode():  # on a pool thread: the run's tensors are inference tensors
+        return run.choose(logits)
 
 
 def decode_together(model, runs: list[SamplingRun], row_block: int) -> torch.Tensor:
@@ -203,7 +223,8 @@ def decode_together(model, runs: list[SamplingRun], row_block: int) -> torch.Ten
         positions[start:end] = run.cache.length  # nothing is padded inside a run: its next position is its length
         start = end
     cache = GroupedKVCache([(run.cache, run.rows) for run in runs], padded)
-    return model(tokens, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
+    with row_invariant_linears():
+        return model(tokens, position_ids=positions, past_key_values=cache, use_cache=True).logits[:, -1]
 
 
 def find_row_block(model, max_rows: int) -> tuple[int, int]:
