@@ -42,6 +42,7 @@ ROW_BLOCKS = (2, 4, 8, 16)
 # Steps a request may run ahead of its reader. A reader that stops reading pauses its request
 # after this many, so stopping a stream stops the work and unread logits cannot pile up.
 MAX_AHEAD = 2
+# Requests choosing their tokens at once (one per core here; the kernels they run are small).
 CHOOSE_THREADS = 2
 
 
@@ -71,11 +72,13 @@ class DecodeBatcher:
         self._changed = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._calibrating = threading.Lock()
 
     def calibrate(self) -> None:
         """Find the row block and the largest safe batch now (else the first request does it)."""
-        if self.row_block is None:
-            self.row_block, self.max_rows = find_row_block(self.model, self.max_rows)
+        with self._calibrating:
+            if self.row_block is None:
+                self.row_block, self.max_rows = find_row_block(self.model, self.max_rows)
 
     # ----- the reader's side ------------------------------------------------------------------
 

@@ -478,13 +478,16 @@ class Engine:
         def work() -> None:
             import logging
 
+            batchers = []
             for name, task in names_and_tasks:
                 try:
                     loaded = self.load(name, task)
                     if loaded.batcher is not None:
-                        loaded.batcher.calibrate()
+                        batchers.append(loaded.batcher)
                 except Exception as error:  # a missing optional model must not stop the app
                     logging.getLogger(__name__).warning("Could not preload %s (%s): %s", name, task, error)
+            for batcher in batchers:  # once every model is ready: a few short forwards each
+                batcher.calibrate()
 
         thread = threading.Thread(target=work, name="biogpt-preload", daemon=True)
         thread.start()
