@@ -526,12 +526,17 @@ class ContinuationText:
 
     def delta(self, final: bool) -> str:
         """Text settled since the last call; `final` flushes everything that is left."""
-        end = len(self.text) if final else max(self.text.rfind(" ") - self.hold_back, 0)
-        if end <= self.emitted:
-            return ""
-        piece = self.text[self.emitted:end]
-        self.emitted = end
+        piece, self.emitted = settled_delta(self.text, self.emitted, self.hold_back, final)
         return piece
+
+
+def settled_delta(text: str, emitted: int, hold_back: int, final: bool) -> tuple[str, int]:
+    """The part of `text` after the first `emitted` characters that no later token can change,
+    and the new count of characters handed out (see ContinuationText)."""
+    end = len(text) if final else max(text.rfind(" ") - hold_back, 0)
+    if end <= emitted:
+        return "", emitted
+    return text[emitted:end], end
 
 
 def stop_string_hit(tokenizer, stop: list[str], new_ids: list[int]) -> bool:
@@ -556,6 +561,9 @@ class _Step:
     # (log-probability, token) under the same distribution, as plain Python numbers.
     logprobs: list[float] | None = None
     top: tuple[list[list[float]], list[list[int]]] | None = None
+    # Each row's decoded continuation after this step, when the run tracks text: a snapshot, so
+    # a reader on another thread never sees a later step's text (a batcher runs ahead).
+    texts: list[str] | None = None
 
 
 def _private_generator(seed: int | None, device: torch.device) -> torch.Generator:
@@ -703,7 +711,8 @@ class SamplingRun:
                 if self.reasons[row] is None:
                     self.reasons[row] = finished[row] = "length"
         self.done = self.steps_done == s.max_new_tokens or (self.any_finished and not bool(self.unfinished.any()))
-        result = _Step(step, tokens, scores, finished, last=self.done)
+        result = _Step(step, tokens, scores, finished, last=self.done,
+                       texts=None if self.texts is None else [t.text for t in self.texts])
         if self.report and scores is not None:
             log_probs = F.log_softmax(scores, dim=-1)
             result.logprobs = log_probs.gather(1, tokens[:, None]).squeeze(1).tolist()
@@ -1118,11 +1127,12 @@ def _stream_events(model, tokenizer, ids, mask, settings, k, batcher) -> Iterato
     run = SamplingRun(model, ids, mask, settings, tokenizer, track_text=True, report=k)
     steps = _decode_steps(model, run, batcher)
     token_texts = _TokenTexts(tokenizer)
+    hold_back, emitted = run.texts[0].hold_back, 0
     try:
         for step in steps:
             token_id = int(step.tokens[0])
             reason = step.finished.get(0)
-            delta = run.texts[0].delta(final=reason is not None)
+            delta, emitted = settled_delta(step.texts[0], emitted, hold_back, final=reason is not None)
             yield StreamEvent(
                 text=delta,
                 token_id=token_id,

@@ -167,3 +167,23 @@ def test_padded_batches_decode_alone_and_a_failing_request_does_not_stop_the_oth
     batcher.close()
     with pytest.raises(RuntimeError, match="unloaded"):
         generate_detailed(odd_model, tokenizer, [[2, 5, 9]], max_new_tokens=4, batcher=batcher)
+
+
+def test_a_slow_reader_of_a_stream_gets_the_same_text_cut_at_the_stop_string():
+    """The batcher runs up to two steps ahead of a slow reader, then waits; the streamed text
+    (each event's from its own step's snapshot) is the same as for a fast reader."""
+    import time
+
+    from biogpt.generation import stream
+
+    require_bundled_models()
+    loaded = Engine(device="cpu", dtype="float32").load("bundled", "generate")
+    settings = dict(max_new_tokens=39, do_sample=True, seed=5, top_k=50, top_p=0.9, temperature=0.8,
+                    repetition_penalty=1.2, no_repeat_ngram_size=3, stop=["tumor"])
+    fast = stream(loaded.model, loaded.tokenizer, "Tumor necrosis factor", batcher=loaded.batcher, **settings)
+    alone = [e.text for e in fast]
+    slow = []
+    for event in stream(loaded.model, loaded.tokenizer, "Tumor necrosis factor", batcher=loaded.batcher, **settings):
+        time.sleep(0.02)  # the batcher decodes the next steps meanwhile
+        slow.append(event.text)
+    assert "".join(slow) == "".join(alone) and "tumor" not in "".join(alone) and len(alone) > 5
