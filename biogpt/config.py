@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 
+STUDIO_KEY = "biogpt_studio"  # our own block in config.json (transformers keeps unknown keys)
+
 @dataclass
 class BioGptConfig:
     """Same keys and defaults as transformers' BioGptConfig (the microsoft/biogpt shape)."""

@@ -750,7 +750,7 @@ class Engine:
         probability; "auto" uses the piece the model was trained to tag (config.json says which).
         Words are Moses words and spans are character offsets, via the tokenizer's offsets.
         """
-        from .train import NerEncoded, NerSettings, ner_piece_probabilities, split_words, tags_to_spans
+        from .ner import NerEncoded, NerSettings, ner_piece_probabilities, split_words, tags_to_spans
 
         text = clean_text(text, "text", self.limits.max_document_chars)
         if aggregation not in NER_AGGREGATIONS:

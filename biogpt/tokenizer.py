@@ -588,3 +588,44 @@ def _clean_up_tokenization(text: str) -> str:
                           (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
         text = text.replace(before, after)
     return text
+
+
+# --------------------------------------------------------------------------------------------
+# Many texts at once (optionally in worker processes: sacremoses is pure Python)
+# --------------------------------------------------------------------------------------------
+
+_WORKER_TOKENIZER = None
+
+
+def _encode_one(job: tuple[str, bool]):
+    text, with_offsets = job
+    tokenizer = _WORKER_TOKENIZER
+    if not with_offsets:
+        return list(tokenizer.encode(text))
+    if hasattr(tokenizer, "tokenize_with_offsets"):
+        pieces, spans = tokenizer.tokenize_with_offsets(text)
+        ids = list(tokenizer.convert_tokens_to_ids(pieces))
+    else:
+        encoded = tokenizer(text, return_offsets_mapping=True)
+        ids, spans = list(encoded["input_ids"]), [tuple(s) for s in encoded["offset_mapping"]]
+        pieces = tokenizer.convert_ids_to_tokens(ids)
+    keep = [i for i, (start, end) in enumerate(spans) if end > start]  # drop "</s>" and other zero-width specials
+    return [ids[i] for i in keep], [pieces[i] for i in keep], [tuple(spans[i]) for i in keep]
+
+
+def tokenize_all(tokenizer, texts: list[str], with_offsets: bool = False, workers: int = 1) -> list:
+    """encode(text) for each text (with the leading "</s>"), or (ids, pieces, spans) without specials."""
+    global _WORKER_TOKENIZER
+    _WORKER_TOKENIZER = tokenizer
+    jobs = [(t, with_offsets) for t in texts]
+    if workers > 1 and len(texts) >= 200:
+        import multiprocessing
+
+        try:
+            context = multiprocessing.get_context("fork")
+        except ValueError:
+            context = None
+        if context is not None:
+            with context.Pool(workers) as pool:
+                return pool.map(_encode_one, jobs, chunksize=max(1, len(jobs) // (workers * 8)))
+    return [_encode_one(job) for job in jobs]

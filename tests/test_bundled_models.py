@@ -14,7 +14,8 @@ import torch
 
 import biogpt
 from biogpt.loading import BUNDLED_NAMES
-from biogpt.train import perplexity, predict_entities, span_scores
+from biogpt.ner import predict_entities, span_scores
+from biogpt.train import perplexity
 from helpers import DATA, load_hf, max_diff
 
 LM, NER, HOC = (BUNDLED_NAMES[name] for name in ("bundled", "bundled-ner", "bundled-hoc"))

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import biogpt
+from biogpt import ner as N
 from biogpt import train as T
 from biogpt.tokenizer import BioGptTokenizer
 from helpers import DATA, REPO, max_diff
@@ -91,7 +92,7 @@ def write_tsv(path, rows, repeat=1):
 
 
 def words_of(tokenizer, text):
-    (enc,) = T.encode_ner_documents(tokenizer, [text])
+    (enc,) = N.encode_ner_documents(tokenizer, [text])
     return enc.words
 
 
@@ -113,7 +114,7 @@ def test_bio_tags_hand_made(tokenizer):
     text = "Cocaine-induced acute renal failure and alpha-methyldopa, hepatitis C."
     entities = [(0, 7, "Chemical"), (16, 35, "Disease"), (40, 56, "Chemical"), (58, 69, "Disease")]
     words = words_of(tokenizer, text)
-    tags = T.bio_tags(words, entities)
+    tags = N.bio_tags(words, entities)
     got = list(zip(word_texts(text, words), tags))
     assert got == [
         ("Cocaine", "B-Chemical"), ("-", "O"), ("induced", "O"),
@@ -122,7 +123,7 @@ def test_bio_tags_hand_made(tokenizer):
         # Moses keeps "C." together: the entity ends inside a word and the word takes its tag.
         ("hepatitis", "B-Disease"), ("C.", "I-Disease"),
     ]
-    spans = T.tags_to_spans(words, tags)
+    spans = N.tags_to_spans(words, tags)
     assert spans[:3] == entities[:3]
     assert spans[3] == (58, 70, "Disease")  # not recoverable: ends mid-word ("C.")
 
@@ -131,31 +132,31 @@ def test_adjacent_entities_of_the_same_type_stay_apart(tokenizer):
     text = "Diazepam clonazepam lorazepam"
     entities = [(0, 8, "Chemical"), (9, 19, "Chemical"), (20, 29, "Chemical")]
     words = words_of(tokenizer, text)
-    tags = T.bio_tags(words, entities)
+    tags = N.bio_tags(words, entities)
     assert tags == ["B-Chemical"] * 3
-    assert T.tags_to_spans(words, tags) == entities
+    assert N.tags_to_spans(words, tags) == entities
 
 
 def test_entity_inside_a_word_takes_the_word(tokenizer):
     text = "TNFalpha levels rose"
     words = words_of(tokenizer, text)
-    tags = T.bio_tags(words, [(0, 3, "Chemical")])
+    tags = N.bio_tags(words, [(0, 3, "Chemical")])
     assert tags[0] == "B-Chemical" and tags[1:] == ["O", "O"]
-    assert T.tags_to_spans(words, tags) == [(0, 8, "Chemical")]
+    assert N.tags_to_spans(words, tags) == [(0, 8, "Chemical")]
 
 
 def test_invalid_bio_sequences_decode_leniently():
     words = [(0, 1, 0, 3), (1, 2, 4, 7), (2, 3, 8, 11), (3, 4, 12, 15)]
-    assert T.tags_to_spans(words, ["I-Disease", "I-Disease", "I-Chemical", "O"]) == [(0, 7, "Disease"), (8, 11, "Chemical")]
-    assert T.tags_to_spans(words, ["B-Disease", "B-Disease", "O", "I-Disease"]) == [(0, 3, "Disease"), (4, 7, "Disease"), (12, 15, "Disease")]
-    assert T.tags_to_spans(words, ["LABEL_1", "LABEL_1", "O", "LABEL_2"]) == [(0, 7, "LABEL_1"), (12, 15, "LABEL_2")]
+    assert N.tags_to_spans(words, ["I-Disease", "I-Disease", "I-Chemical", "O"]) == [(0, 7, "Disease"), (8, 11, "Chemical")]
+    assert N.tags_to_spans(words, ["B-Disease", "B-Disease", "O", "I-Disease"]) == [(0, 3, "Disease"), (4, 7, "Disease"), (12, 15, "Disease")]
+    assert N.tags_to_spans(words, ["LABEL_1", "LABEL_1", "O", "LABEL_2"]) == [(0, 7, "LABEL_1"), (12, 15, "LABEL_2")]
 
 
 def test_label_piece_first_or_last(tokenizer):
     text = "methyldopa"
-    (enc,) = T.encode_ner_documents(tokenizer, [text])
+    (enc,) = N.encode_ner_documents(tokenizer, [text])
     (word,) = enc.words
-    assert T.label_piece(word, "first") == 0 and T.label_piece(word, "last") == 1
+    assert N.label_piece(word, "first") == 0 and N.label_piece(word, "last") == 1
 
 
 # ------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def test_label_piece_first_or_last(tokenizer):
 def test_span_scores_by_hand():
     gold = [{(0, 5, "Chemical"), (10, 20, "Disease"), (30, 35, "Chemical")}, {(0, 4, "Disease")}]
     pred = [{(0, 5, "Chemical"), (10, 19, "Disease"), (30, 35, "Disease")}, {(0, 4, "Disease"), (6, 9, "Chemical")}]
-    scores = T.span_scores(gold, pred, ["Chemical", "Disease"])
+    scores = N.span_scores(gold, pred, ["Chemical", "Disease"])
     # Chemical: tp 1 (0-5), fp 1 (6-9), fn 1 (30-35). Disease: tp 1 (0-4), fp 2 (10-19, 30-35 typed wrong), fn 1 (10-20).
     chem, dis = scores["per_type"]["Chemical"], scores["per_type"]["Disease"]
     assert (chem["tp"], chem["fp"], chem["fn"]) == (1, 1, 1)
@@ -181,11 +182,11 @@ def test_span_scores_by_hand():
 
 
 def test_window_starts():
-    assert T.window_starts(5, 10, 5) == [0]
-    assert T.window_starts(25, 10, 5) == [0, 5, 10, 15]
-    assert T.window_starts(23, 10, 5) == [0, 5, 10, 13]
-    assert T.ner_row([7, 8], 2, doubled=True) == ([2, 7, 8, 2, 7, 8], 4)
-    assert T.ner_row([7, 8], 2, doubled=False) == ([2, 7, 8], 1)
+    assert N.window_starts(5, 10, 5) == [0]
+    assert N.window_starts(25, 10, 5) == [0, 5, 10, 15]
+    assert N.window_starts(23, 10, 5) == [0, 5, 10, 13]
+    assert N.ner_row([7, 8], 2, doubled=True) == ([2, 7, 8, 2, 7, 8], 4)
+    assert N.ner_row([7, 8], 2, doubled=False) == ([2, 7, 8], 1)
 
 
 class OracleTagger(torch.nn.Module):
@@ -216,19 +217,19 @@ class OracleTagger(torch.nn.Module):
 def test_gold_tags_through_windows_decode_to_gold_spans(tokenizer, doubled, label_token):
     texts = [t for _, t, _ in NER_DOCS]
     label2id = {"O": 0, "B-Chemical": 1, "I-Chemical": 2, "B-Disease": 3, "I-Disease": 4}
-    docs = T.encode_ner_documents(tokenizer, texts)
+    docs = N.encode_ner_documents(tokenizer, texts)
     for enc, (_, _, entities) in zip(docs, NER_DOCS):
-        enc.piece_labels = [T.IGNORE] * len(enc.ids)
-        for word, tag in zip(enc.words, T.bio_tags(enc.words, entities)):
-            enc.piece_labels[T.label_piece(word, label_token)] = label2id[tag]
-    settings = T.NerSettings(doubled, label_token, window=5, stride=3)  # many small overlapping windows
-    rows = T._ner_rows(docs, settings, tokenizer.eos_token_id)
+        enc.piece_labels = [N.IGNORE] * len(enc.ids)
+        for word, tag in zip(enc.words, N.bio_tags(enc.words, entities)):
+            enc.piece_labels[N.label_piece(word, label_token)] = label2id[tag]
+    settings = N.NerSettings(doubled, label_token, window=5, stride=3)  # many small overlapping windows
+    rows = N.window_rows(docs, settings, tokenizer.eos_token_id)
     assert len(rows) > 2 * len(docs)
     model = OracleTagger(rows, 5)
-    probs, loss = T.ner_piece_probabilities(model, docs, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=5)
+    probs, loss = N.ner_piece_probabilities(model, docs, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=5)
     id2label = {v: k for k, v in label2id.items()}
-    predicted = [[(e["start"], e["end"], e["type"]) for e in T.decode_entities(d, p, id2label, label_token)] for d, p in zip(docs, probs)]
-    scores = T.span_scores([e for _, _, e in NER_DOCS], predicted)
+    predicted = [[(e["start"], e["end"], e["type"]) for e in N.decode_entities(d, p, id2label, label_token)] for d, p in zip(docs, probs)]
+    scores = N.span_scores([e for _, _, e in NER_DOCS], predicted)
     assert scores["micro"]["f1"] == 1.0
 
 
@@ -405,7 +406,7 @@ def test_ner_end_to_end_doubled_fp16(tmp_path, ner_files, tokenizer):
     assert config["biogpt_studio"]["ner_input"] == "doubled" and config["biogpt_studio"]["ner_label_token"] == "last"
     ids = torch.tensor([tokenizer.encode("Naloxone reverses clonidine.")])
     model = assert_loads_both_ways(out, "BioGptForTokenClassification", ids)
-    (found,) = T.predict_entities(model, tokenizer, [NER_DOCS[7][1]])
+    (found,) = N.predict_entities(model, tokenizer, [NER_DOCS[7][1]])
     for entity in found:
         assert NER_DOCS[7][1][entity["start"]:entity["end"]] == entity["text"] and entity["type"] in ("Chemical", "Disease")
 
