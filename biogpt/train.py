@@ -465,25 +465,7 @@ class LmTask(Task):
 
     def __init__(self, args, tokenizer, log):
         self.args, self.tokenizer = args, tokenizer
-        for path in args.train:
-            refuse_test_file(path, "training")
-        for path in args.valid or []:
-            refuse_test_file(path, "validation")
-        train_docs = [d for path in args.train for d in read_lm_documents(path)]
-        test_docs = [d for path in args.test or [] for d in read_lm_documents(path)]
-        if args.valid:
-            valid_docs = [d for path in args.valid for d in read_lm_documents(path)]
-        else:
-            train_docs, valid_docs = split_holdout(train_docs, [text_key(d) for d in train_docs], args.valid_percent)
-        test_keys = {text_key(d) for d in test_docs}
-        before = len(train_docs), len(valid_docs)
-        train_docs = [d for d in train_docs if text_key(d) not in test_keys]
-        valid_docs = [d for d in valid_docs if text_key(d) not in test_keys]
-        if (len(train_docs), len(valid_docs)) != before:
-            log(f"dropped {before[0] - len(train_docs)} training and {before[1] - len(valid_docs)} validation "
-                "documents that also occur in the test data")
-        train_docs, valid_docs, test_docs = (_limit(train_docs, args.limit_train), _limit(valid_docs, args.limit_eval),
-                                             _limit(test_docs, args.limit_eval))
+        train_docs, valid_docs, test_docs = _train_valid_test(args, log, read_lm_documents, text_key)
         if not train_docs:
             raise DataError(args.train[0], None, "no training documents left")
         started = time.time()
@@ -554,11 +536,12 @@ def _train_valid_test(args, log, read, key_of):
     train = [x for path in args.train for x in read(path)]
     given_valid = [x for path in args.valid or [] for x in read(path)]
     test = [x for path in args.test or [] for x in read(path)]
-    if given_valid and not args.train_on_dev:
+    train_on_dev = getattr(args, "train_on_dev", False)  # the lm command has no --train-on-dev
+    if given_valid and not train_on_dev:
         valid = given_valid
     else:
         train, valid = split_holdout(train, [key_of(x) for x in train], args.valid_percent)
-        if args.train_on_dev:
+        if train_on_dev:
             train = train + given_valid
             log(f"--train-on-dev: training on train + {len(given_valid)} dev examples; "
                 f"validation = {len(valid)} examples held out of train ({args.valid_percent}%)")
