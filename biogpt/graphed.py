@@ -32,7 +32,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .generation import _private_generator, resolve_settings, top_k_filter, top_p_filter
+from .generation import _private_generator, apply_processors, build_processors, resolve_settings
 from .model import POSITION_OFFSET
 
 # Eager runs before capture: they let cuBLAS and the SDPA kernels pick and allocate their
@@ -246,6 +246,8 @@ class GraphedDecoder:
                 f"cache positions; this decoder has {self.capacity}."
             )
         generator = _private_generator(s.seed, self.device) if s.do_sample else None
+        # generate()'s own warpers (temperature, top-k, top-p): the only processors not refused above.
+        processors = build_processors(s, prompt_length, self.model.config.vocab_size, self.device, None)
         eos = torch.tensor(s.eos_token_ids, device=self.device) if s.eos_token_ids else None
 
         logits = self.prefill(ids, attention_mask)
@@ -257,7 +259,11 @@ class GraphedDecoder:
         for step in range(s.max_new_tokens):
             if step:
                 logits = self.decode(tokens)
-            tokens = _choose(logits, s, generator)
+            scores = apply_processors(processors, sequences[:, : prompt_length + step], logits.float())
+            if generator is None:
+                tokens = torch.argmax(scores, dim=-1)
+            else:
+                tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator).squeeze(1)
             if eos is not None:
                 tokens = torch.where(unfinished, tokens, s.pad_token_id)  # finished rows go on with padding
             sequences[:, prompt_length + step] = tokens
@@ -267,21 +273,6 @@ class GraphedDecoder:
                 if not bool(unfinished.any()):  # one host sync a step, only when eos can end rows
                     break
         return sequences[:, : prompt_length + steps]
-
-
-def _choose(logits: torch.Tensor, settings, generator: torch.Generator | None) -> torch.Tensor:
-    """generate()'s choice: argmax, or the sampling warpers in transformers' order and one multinomial draw."""
-    scores = logits.float()
-    if generator is None:
-        return torch.argmax(scores, dim=-1)
-    if settings.temperature != 1.0:
-        scores = scores / settings.temperature
-    if settings.top_k != 0:
-        scores = top_k_filter(scores, settings.top_k)
-    if settings.top_p < 1.0:
-        scores = top_p_filter(scores, settings.top_p, 1)
-    probs = F.softmax(scores, dim=-1)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
 
 def _refuse_unsupported(s) -> None:
