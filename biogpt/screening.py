@@ -138,7 +138,7 @@ def fbgemm_accumulates_exactly(reduce_range: bool, in_features: int = 256) -> bo
     return True
 
 
-def screen_applicable() -> bool:
+def _fp32_matmuls_are_ieee() -> bool:
     """The reference projection must be IEEE fp32 (no TF32/bf16 shortcuts) for the fp32 bound to hold."""
     if torch.get_float32_matmul_precision() != "highest":
         return False
@@ -146,7 +146,12 @@ def screen_applicable() -> bool:
         precision = getattr(backend, "fp32_precision", "none") if backend is not None else "none"
         if precision not in ("none", "ieee"):
             return False
-    return _fbgemm_available()
+    return True
+
+
+def screen_applicable() -> bool:
+    """fbgemm is there and fp32 matmuls are IEEE: a screen can be built and trusted."""
+    return _fp32_matmuls_are_ieee() and _fbgemm_available()
 
 
 class ScreenedArgmax:
@@ -200,7 +205,7 @@ class ScreenedArgmax:
         if h.dim() != 2:
             raise ValueError("h must be [rows, in_features]")
         h = h.detach().contiguous()
-        if not screen_applicable():  # e.g. torch.set_float32_matmul_precision("medium") since construction
+        if not _fp32_matmuls_are_ieee():  # e.g. torch.set_float32_matmul_precision("medium") since construction
             return torch.argmax(F.linear(h, self.weight, self.bias), dim=-1)
         approx = torch.ops.quantized.linear_dynamic(h, self._packed, self.reduce_range)  # [rows, N]
         # The bookkeeping is on small or 1-D arrays: numpy, single-threaded, costs microseconds
