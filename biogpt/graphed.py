@@ -19,6 +19,10 @@ model's own decoder layers, so the weights, their dtype and any quantized Linear
 the model's; nothing is copied. On the CPU (or with use_graph=False) the same step runs
 eagerly, which is how the tests check all of this without a GPU.
 
+With `compile=True` the step is first compiled by torch.compile (Inductor): layer norms,
+residual adds, GELU and the cache writes fuse into fewer kernels, and the graph records the
+compiled step. Compiling takes from seconds to minutes, once per decoder, on its first step.
+
 Token choice (argmax, or sampling with temperature / top-k / top-p) happens outside the
 graph: it is a handful of kernels and keeps random-number state out of the captured work.
 With the same seed, sampling draws what `model.generate(..., seed=...)` draws.
@@ -79,17 +83,28 @@ class GraphedDecoder:
     rounded up to a multiple of 16 and capped there); attention reads the whole capacity every
     step, so keep it near what requests need. The decoder captures its CUDA graph on the first decode
     step and reuses it for every later request, so the model must stay where it is (no `.to()`
-    afterwards) and must be in eval mode. A model whose layers cannot be captured
-    (bitsandbytes' 8-bit layers look for outliers with a host synchronisation) runs the same
-    step eagerly; `graph_error` says why.
+    afterwards) and must be in eval mode. If capture fails, the same step runs eagerly and
+    `graph_error` says why. Models with bitsandbytes 8-bit layers are refused (see
+    `_eight_bit_layer`): use model.generate for them.
+
+    `compile=True` runs the step through torch.compile before it is captured (see the module's
+    docstring).
 
     prefill() and decode() are the two steps, for callers that drive the loop themselves; the
     logits they return live in a buffer that the next call overwrites.
     """
 
-    def __init__(self, model, batch_size: int, capacity: int | None = None, use_graph: bool | None = None):
+    def __init__(self, model, batch_size: int, capacity: int | None = None, use_graph: bool | None = None,
+                 compile: bool = False):
         if model.training:
             raise ValueError("GraphedDecoder needs the model in eval mode (dropout would be captured): call model.eval().")
+        eight_bit = _eight_bit_layer(model)
+        if eight_bit is not None:
+            raise ValueError(
+                f"GraphedDecoder does not take bitsandbytes 8-bit models: {eight_bit} looks for outliers with a "
+                "host synchronisation on every call, so its step cannot be recorded as a CUDA graph. "
+                "Use model.generate (or quantize='4bit', which GraphedDecoder takes)."
+            )
         base = model.biogpt
         config = model.config
         self.model = model
@@ -108,10 +123,10 @@ class GraphedDecoder:
             use_graph = self.device.type == "cuda"
         if use_graph and self.device.type != "cuda":
             raise ValueError(f"CUDA graphs need the model on a CUDA device; this one is on {self.device.type}.")
-        if use_graph:
-            self.graph_error = _capture_blocker(model)
-        self.uses_graph = use_graph and self.graph_error is None
+        self.uses_graph = use_graph
         self._graph: torch.cuda.CUDAGraph | None = None
+        # Fixed shapes (dynamic=False) and no graph breaks: one compiled step, recorded whole.
+        self._run_step = torch.compile(self._step, fullgraph=True, dynamic=False) if compile else self._step
 
         with torch.inference_mode():
             # The step's inputs: fixed tensors whose contents change between replays.
@@ -179,7 +194,7 @@ class GraphedDecoder:
                 self._graph.replay()
                 self.length += 1
                 return self._logits
-        logits = self._step()
+        logits = self._run_step()
         self.length += 1
         return logits
 
@@ -207,12 +222,12 @@ class GraphedDecoder:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for _ in range(WARMUP_STEPS):
-                self._step()
+                self._run_step()
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph):
-                self._logits = self._step()
+                self._logits = self._run_step()
         except Exception as error:  # noqa: BLE001 - whatever capture forbids, the eager step still works
             self.graph_error = f"capture failed: {error}".splitlines()[0]
             self.uses_graph = False
@@ -294,12 +309,17 @@ def _refuse_unsupported(s) -> None:
         )
 
 
-def _capture_blocker(model) -> str | None:
-    """Why this model's decode step cannot be captured as a CUDA graph, if we know beforehand."""
+def _eight_bit_layer(model) -> str | None:
+    """The name of the model's first bitsandbytes 8-bit layer with an outlier threshold, if any.
+
+    Such a layer (Linear8bitLt, LLM.int8()) calls `outliers.any()` on every input, a host
+    synchronisation that stream capture forbids. Running the static-cache step eagerly instead
+    gained nothing on an H200 (15.3 vs 14.9 tokens/s for model.generate), and its logits differed
+    from the model's own step-by-step decoding by 14% (bench/gpu.sh, 2026-11-26; 4-bit layers:
+    1.3e-4), which is not understood. So these models are refused rather than served from there.
+    """
     for name, module in model.named_modules():
         state = getattr(module, "state", None)
-        # bitsandbytes' Linear8bitLt with an outlier threshold calls `outliers.any()` on every
-        # input, a host synchronisation that stream capture forbids.
         if type(module).__name__ == "Linear8bitLt" and getattr(state, "threshold", 0.0) > 0.0:
-            return f"{name} is a bitsandbytes 8-bit layer with outlier threshold {state.threshold} (it synchronises on every call)"
+            return f"{name} (outlier threshold {state.threshold})"
     return None
