@@ -310,8 +310,28 @@ def test_bitsandbytes_logits_close_to_fp16_on_cuda(small_checkpoints, mode):
     ids = torch.randint(4, SMALL["vocab_size"], (2, 12), generator=torch.Generator().manual_seed(0)).cuda()
     with torch.inference_mode():
         got, want = model(ids).logits, reference(ids).logits
-    # Not yet calibrated on a GPU: LLM.int8 is about as close as our int8; nf4 as our int4.
-    assert rel_err(got, want) < (0.05 if mode == "8bit" else 0.25)
+    if mode == "8bit":  # LLM.int8 is about as close as our int8 (3.9e-2 on the bench's base shape, H200)
+        assert rel_err(got, want) < 0.05
+        return
+    # nf4: first the kernel, against fp16 layers holding bitsandbytes' own dequantized weights
+    # (the same numbers up to fp16 rounding), then the quality, where nf4's 16 levels per block
+    # of 64 weights, on these x5-scaled random weights, alone gave 0.26 on an H200.
+    import bitsandbytes as bnb
+    from bitsandbytes.functional import dequantize_4bit
+
+    emulated = BioGptForCausalLM.from_pretrained(folder, dtype=torch.float16, device="cuda")
+    swapped = 0
+    for name, module in model.named_modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            weight = dequantize_4bit(module.weight.data, module.weight.quant_state).to(torch.float16)
+            # A new Parameter, so the tied output projection stops sharing the embedding's weights.
+            emulated.get_submodule(name).weight = torch.nn.Parameter(weight, requires_grad=False)
+            swapped += 1
+    assert swapped == 6 * SMALL["num_hidden_layers"] + 1
+    with torch.inference_mode():
+        emulated_logits = emulated(ids).logits
+    assert rel_err(got, emulated_logits) < 1e-2
+    assert rel_err(got, want) < 0.35
 
 
 # --------------------------------------------------------------------------------------------
