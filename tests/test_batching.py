@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -123,6 +124,42 @@ def test_engine_stream_through_the_batcher_is_identical_to_alone_and_stopping_it
     before = batcher.forwards
     threading.Event().wait(0.3)
     assert batcher.forwards - before <= 2  # at most the steps already computed ahead of the reader
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+def test_concurrent_requests_equal_their_lone_runs_on_each_device(odd_model, device):
+    """The engine's Generate path on whatever device the app runs on: on CUDA the probe decides
+    whether cuBLAS keeps rows independent (if not, requests are served one forward each), and
+    either way each request gets exactly its lone result."""
+    from biogpt.tokenizer import BioGptTokenizer
+
+    tokenizer = BioGptTokenizer.from_pretrained("bundled-tokenizer")
+    model = copy.deepcopy(odd_model).to(device)
+    batcher = DecodeBatcher(model)
+    batcher.calibrate()
+    print(f"{device}: row block {batcher.row_block}, at most {batcher.max_rows} rows per forward")
+
+    def request(index: int):
+        settings = dict(max_new_tokens=12 + 2 * index, do_sample=index % 4 != 0, seed=index, top_k=50, top_p=0.9,
+                        temperature=0.8, repetition_penalty=1.2, no_repeat_ngram_size=3, eos_token_id=None,
+                        num_return_sequences=2 if index == 3 else 1)
+        out = generate_detailed(model, tokenizer, [[2, 5 + index, 9 + 7 * index, 40]], batcher=batcher, **settings)
+        return [(o.token_ids, o.token_logprobs) for o in out]
+
+    alone = [request(i) for i in range(8)]
+    start = threading.Barrier(8)
+
+    def together(index: int):
+        start.wait()
+        return request(index)
+
+    with ThreadPoolExecutor(8) as pool:
+        merged = list(pool.map(together, range(8)))
+    assert merged == alone
+    if batcher.row_block:  # merging is on here: check that it happened
+        assert batcher.most_requests_merged >= 2
+    batcher.close()
 
 
 def test_padded_batches_decode_alone_and_a_failing_request_does_not_stop_the_others(odd_model, monkeypatch):
