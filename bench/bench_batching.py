@@ -1,6 +1,6 @@
 """Serving: 8 simultaneous Generate requests on one model vs one alone, on the engine's path.
 
-    .venv/bin/python bench/bench_batching.py [--repeats 5] [--model bundled|full] [--requests 8]
+    .venv/bin/python bench/bench_batching.py [--repeats 5] [--model bundled|full] [--requests 8] [--long-prompt]
 
 Each request is the app's default (sampling, temperature 0.8, top-k 50, top-p 0.9, repetition
 penalty 1.2, no-repeat 3-grams) with its own prompt and fixed seed, 64 new tokens, eos off so
@@ -11,12 +11,20 @@ every request makes all 64. Measured, as medians of alternating rounds after a w
               --no-batching`): each request decodes on its own thread, as before the batcher.
 Target (issue 7): together <= 3x one on the bundled model. Every request's tokens and
 probabilities are checked identical together and alone before timing.
+
+`--long-prompt` measures instead what a long prompt does to requests already streaming: 7
+requests decode (the app's default sampling), then one with a 1,000-token prompt joins. Printed
+for the batcher's chunked prefill (`PREFILL_CHUNK`) and for prompts fed in one piece, in
+alternating rounds: the longest wait between two tokens of a running stream while the long
+prompt goes in, and the long request's time to its first token.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -61,13 +69,87 @@ def simultaneous(engine, folder: str, count: int):
         return list(pool.map(send, range(count)))
 
 
+LONG_PROMPT_TOKENS = 1000
+
+
+def long_prompt_joins(loaded, batcher, settings: dict, running: int = 7) -> tuple[float, float]:
+    """(longest gap between tokens of the running streams while the long prompt goes in, the long
+    request's time to first token), in seconds."""
+    from biogpt.generation import stream
+
+    started, stop = threading.Barrier(running + 1), threading.Event()
+    arrivals: list[list[float]] = [[] for _ in range(running)]
+
+    def run(index: int) -> None:
+        ids = loaded.tokenizer.encode(PROMPTS[index % len(PROMPTS)])
+        events = stream(loaded.model, loaded.tokenizer, [ids], batcher=batcher, **(settings | {"seed": index}))
+        for count, _ in enumerate(events):
+            arrivals[index].append(time.perf_counter())
+            if count == 2:
+                started.wait()  # every stream is under way
+            if stop.is_set():
+                break
+        events.close()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(running)]
+    for thread in threads:
+        thread.start()
+    started.wait()
+    long_ids = [2] + torch.randint(4, loaded.model.config.vocab_size, (LONG_PROMPT_TOKENS - 1,),
+                                   generator=torch.Generator().manual_seed(0)).tolist()
+    joined = time.perf_counter()
+    long_events = stream(loaded.model, loaded.tokenizer, [long_ids], batcher=batcher, **(settings | {"max_new_tokens": 4}))
+    next(long_events)
+    first_token = time.perf_counter()
+    long_events.close()
+    stop.set()
+    for thread in threads:
+        thread.join()
+    gaps = [later - earlier for times in arrivals for earlier, later in zip(times, times[1:])
+            if later > joined and earlier < first_token]
+    return max(gaps), first_token - joined
+
+
+def long_prompt_main(model: str, repeats: int) -> None:
+    from biogpt.batching import PREFILL_CHUNK, DecodeBatcher
+    from biogpt.engine import GenerationRequest
+
+    engine, folder = make_engine(model, batching=True)
+    loaded = engine.load(folder, "generate")
+    # The app's default sampling, long enough to outlast the long prompt, eos off.
+    settings = GenerationRequest(prompt="x", max_new_tokens=400).decoding_kwargs(engine.limits) | {"eos_token_id": None}
+    batchers = {f"chunks of {PREFILL_CHUNK}": DecodeBatcher(loaded.model, prefill_chunk=PREFILL_CHUNK),
+                "one piece": DecodeBatcher(loaded.model, prefill_chunk=None)}
+    print(f"# bench_batching --long-prompt: 7 streams decoding, then a {LONG_PROMPT_TOKENS}-token prompt joins; "
+          f"model {model}, fp32, medians of {repeats} alternating rounds")
+    print(f"# {machine()}")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in batchers}
+    for name, batcher in batchers.items():  # warm-up (and the probe)
+        batcher.calibrate()
+        long_prompt_joins(loaded, batcher, settings)
+    for _ in range(repeats):
+        for name, batcher in batchers.items():
+            results[name].append(long_prompt_joins(loaded, batcher, settings))
+    print(f"{'prompt fed':16s} {'longest wait of a running stream':>34s} {'long request: first token':>27s}")
+    for name, values in results.items():
+        gap = statistics.median(v[0] for v in values)
+        first = statistics.median(v[1] for v in values)
+        print(f"{name:16s} {gap:32.2f} s {first:25.2f} s")
+    for batcher in batchers.values():
+        batcher.close(wait=True)  # a thread still in a forward at exit would abort the interpreter
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--model", choices=("bundled", "full"), default="bundled")
     parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--long-prompt", action="store_true", help="a long prompt joining running streams")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.long_prompt:
+        long_prompt_main(args.model, args.repeats)
+        return
     count = args.requests
     batched, folder = make_engine(args.model, batching=True)
     previous, _ = make_engine(args.model, batching=False)

@@ -660,8 +660,17 @@ class SamplingRun:
         """[rows] the tokens the next decode step feeds."""
         return self.sequences[:, self.prompt_length + self.steps_done - 1]
 
-    def prefill(self, model) -> torch.Tensor:
-        return prefill(model, self.prompt, self.mask, self.cache, hidden_only=self.screen is not None)
+    def prefill(self, model, chunk: int | None = None) -> torch.Tensor | None:
+        """Feed the prompt to the cache: all of it that is left, or at most `chunk` tokens (a
+        padded prompt goes whole). Once its last token is in, returns that position's logits
+        (its final hidden state with a screen); before, None."""
+        start, end = self.cache.length, self.prompt_length
+        if chunk is not None and self.mask is None:
+            end = min(end, start + chunk)
+        if end < self.prompt_length:
+            model.biogpt(self.prompt[:, start:end], past_key_values=self.cache, use_cache=True)
+            return None
+        return prefill(model, self.prompt[:, start:], self.mask, self.cache, hidden_only=self.screen is not None)
 
     def decode(self, model) -> torch.Tensor:
         """Logits for the next step of this request alone."""

@@ -11,9 +11,10 @@ import torch
 
 from app_server import require_bundled_models
 from biogpt import BioGptForCausalLM
+from biogpt import batching
 from biogpt.batching import DecodeBatcher, decode_together, find_row_block
 from biogpt.engine import Engine, GenerationRequest
-from biogpt.generation import SamplingRun, generate_detailed, resolve_settings
+from biogpt.generation import SamplingRun, generate_detailed, resolve_settings, stream
 from helpers import ODD, hf_checkpoint
 
 
@@ -160,6 +161,55 @@ def test_concurrent_requests_equal_their_lone_runs_on_each_device(odd_model, dev
     if batcher.row_block:  # merging is on here: check that it happened
         assert batcher.most_requests_merged >= 2
     batcher.close()
+
+
+def test_a_long_prompt_goes_in_by_chunks_between_the_running_requests_steps_and_changes_no_result(odd_model, monkeypatch):
+    from biogpt.tokenizer import BioGptTokenizer
+
+    tokenizer = BioGptTokenizer.from_pretrained("bundled-tokenizer")
+    long_prompt = [[2] + torch.randint(4, ODD["vocab_size"], (80,), generator=torch.Generator().manual_seed(1)).tolist()]
+    short_prompt = [[2, 5, 9]]
+    long_settings = dict(max_new_tokens=10, eos_token_id=None, do_sample=True, seed=3)
+    short_settings = dict(max_new_tokens=90, eos_token_id=None, do_sample=False)
+
+    def ask(batcher, prompt, settings):
+        return [(o.token_ids, o.token_logprobs) for o in generate_detailed(odd_model, tokenizer, prompt, batcher=batcher, **settings)]
+
+    alone_batcher = DecodeBatcher(odd_model, prefill_chunk=16)
+    alone_long = ask(alone_batcher, long_prompt, long_settings)
+    alone_short = "".join(e.text for e in stream(odd_model, tokenizer, short_prompt, batcher=alone_batcher, **short_settings))
+    # In one piece the prompt's cache gets other matrix shapes, so only the last bits may differ.
+    whole = ask(DecodeBatcher(odd_model, prefill_chunk=None), long_prompt, long_settings)
+    assert whole[0][0] == alone_long[0][0]
+    torch.testing.assert_close(whole[0][1], alone_long[0][1], rtol=0, atol=1e-4)
+
+    log = []
+    prefill, forward = SamplingRun.prefill, batching.decode_together
+
+    def logged_prefill(run, model, chunk=None):
+        log.append(("prefill", run.prompt_length))
+        return prefill(run, model, chunk)
+
+    def logged_forward(model, runs, row_block):
+        log.append(("decode", len(runs)))
+        return forward(model, runs, row_block)
+
+    monkeypatch.setattr(SamplingRun, "prefill", logged_prefill)
+    monkeypatch.setattr(batching, "decode_together", logged_forward)
+    batcher = DecodeBatcher(odd_model, prefill_chunk=16)
+    short = stream(odd_model, tokenizer, short_prompt, batcher=batcher, **short_settings)
+    short_texts = [next(short).text]  # the short request is decoding; its reader keeps reading below
+    reader = threading.Thread(target=lambda: short_texts.extend(e.text for e in short))
+    reader.start()
+    busy_long = ask(batcher, long_prompt, long_settings)
+    reader.join()
+    assert busy_long == alone_long and "".join(short_texts) == alone_short
+
+    chunks = [i for i, entry in enumerate(log) if entry == ("prefill", 81)]
+    assert len(chunks) == 6  # 81 tokens: 5 chunks of 16 and the last one
+    between = [entry for entry in log[chunks[0]:chunks[-1]] if entry[0] == "decode"]
+    # One step of the short request after each chunk, while its reader keeps up (it may run 2 ahead).
+    assert len(between) >= 2
 
 
 def test_padded_batches_decode_alone_and_a_failing_request_does_not_stop_the_others(odd_model, monkeypatch):
