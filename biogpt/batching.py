@@ -6,8 +6,8 @@ admits new requests (each prompt is prefilled on its own, a long one in chunks b
 others' steps), then repeatedly runs one forward over the last token of every active
 request, hands each request its rows of the logits and lets the request choose its tokens
 with its own processors and random generator (`SamplingRun.choose`, the same code as
-decoding alone). Attention runs per request against
-its own cache (`GroupedKVCache`), so requests of different lengths need no padding masks.
+decoding alone). Attention runs per request against its own cache (`GroupedKVCache`), so
+requests of different lengths need no padding masks.
 
 Each result is identical, bit for bit, to what the request gets through the batcher alone.
 That needs care: a matrix product does not compute a row the same way for every number of
