@@ -23,8 +23,9 @@ With `compile=True` the step is first compiled by torch.compile (Inductor): laye
 residual adds, GELU and the cache writes fuse into fewer kernels, and the graph records the
 compiled step. Compiling takes from seconds to minutes, once per decoder, on its first step.
 
-Token choice (argmax, or sampling with temperature / top-k / top-p) happens outside the
-graph: it is a handful of kernels and keeps random-number state out of the captured work.
+Token choice happens outside the graph, with generate()'s own processors (penalties, bans,
+temperature, top-k, top-p, typical-p), then argmax or sampling: one graph serves every
+setting, and random-number state stays out of the captured work.
 With the same seed, sampling draws what `model.generate(..., seed=...)` draws.
 """
 
@@ -244,9 +245,11 @@ class GraphedDecoder:
         """Prompt + new tokens, [batch, length], as `model.generate` gives them.
 
         Takes generate's keywords and defaults for greedy decoding and sampling: max_new_tokens,
-        do_sample, temperature, top_k, top_p, seed, eos_token_id, pad_token_id. Rows that end
-        early are padded with pad_token_id. Other processors (penalties, bans, beams, stop
-        strings) are refused: use model.generate for those. Unlike model.generate, the padding
+        do_sample, temperature, top_k, top_p, typical_p, seed, eos_token_id, pad_token_id,
+        min_new_tokens, and the penalties and bans (repetition_penalty, no_repeat_ngram_size,
+        bad_words_ids), which run on the logits outside the graph as generate runs them. Rows
+        that end early are padded with pad_token_id. Beams, several sequences per prompt and stop
+        strings are refused: use model.generate for those. Unlike model.generate, the padding
         mask is never guessed from pad tokens: pass attention_mask when prompts are padded.
         """
         ids = torch.as_tensor(input_ids, dtype=torch.long)
@@ -261,8 +264,10 @@ class GraphedDecoder:
                 f"cache positions; this decoder has {self.capacity}."
             )
         generator = _private_generator(s.seed, self.device) if s.do_sample else None
-        # generate()'s own warpers (temperature, top-k, top-p): the only processors not refused above.
-        processors = build_processors(s, prompt_length, self.model.config.vocab_size, self.device, None)
+        # generate()'s own processors, in its order; the repetition penalty skips left padding as there.
+        ignore_before = None if attention_mask is None else (torch.as_tensor(attention_mask) != 0).int().argmax(dim=1)
+        processors = build_processors(s, prompt_length, self.model.config.vocab_size, self.device,
+                                      None if ignore_before is None else ignore_before.to(self.device))
         eos = torch.tensor(s.eos_token_ids, device=self.device) if s.eos_token_ids else None
 
         logits = self.prefill(ids, attention_mask)
@@ -292,11 +297,6 @@ class GraphedDecoder:
 
 def _refuse_unsupported(s) -> None:
     unsupported = {
-        "repetition_penalty": s.repetition_penalty != 1.0,
-        "no_repeat_ngram_size": s.no_repeat_ngram_size > 0,
-        "bad_words_ids": s.bad_words_ids is not None,
-        "min_new_tokens": s.min_new_tokens > 0,
-        "typical_p": s.typical_p < 1.0,
         "num_beams": s.num_beams > 1,
         "num_return_sequences": s.num_return_sequences > 1,
         "stop": bool(s.stop),
@@ -304,8 +304,8 @@ def _refuse_unsupported(s) -> None:
     asked = [name for name, used in unsupported.items() if used]
     if asked:
         raise ValueError(
-            f"GraphedDecoder does greedy decoding and sampling (temperature, top_k, top_p) only; "
-            f"use model.generate for {', '.join(asked)}."
+            f"GraphedDecoder does greedy decoding and sampling, one sequence per prompt, without stop "
+            f"strings; use model.generate for {', '.join(asked)}."
         )
 
 

@@ -121,6 +121,28 @@ def test_sampling_draws_what_generate_draws_with_the_same_seed(model):
     assert not torch.equal(want, model.generate(ids, max_new_tokens=NEW_TOKENS, **GREEDY))
 
 
+@pytest.mark.parametrize("settings", [
+    dict(do_sample=False, repetition_penalty=1.3, no_repeat_ngram_size=2),  # the app's greedy mode
+    dict(do_sample=True, seed=5, temperature=0.8, top_k=50, top_p=0.9, repetition_penalty=1.2,
+         no_repeat_ngram_size=3),  # the app's default sampling
+    dict(do_sample=True, seed=9, typical_p=0.8, bad_words_ids=[[7], [11, 12]], min_new_tokens=6),
+], ids=["greedy-penalties", "app-sampling", "typical-bans-min"])
+def test_penalties_and_bans_run_outside_the_graph_as_generate_runs_them(model, settings):
+    ids = prompts(3, length=9)
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    ids[1, 3] = 2
+    # The padding holds the row's first greedy choice: attention never sees it, and the
+    # repetition penalty must skip it as generate does, or that choice would be penalised.
+    ids[1, :3] = model.generate(ids, attention_mask=mask, max_new_tokens=1, **GREEDY)[1, -1]
+    eos = int(model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, **GREEDY)[0, 9 + 7])
+    settings = dict(settings, max_new_tokens=NEW_TOKENS, eos_token_id=eos)
+    want = model.generate(ids, attention_mask=mask, **settings)
+    decoder = GraphedDecoder(model, batch_size=3, capacity=64)
+    assert torch.equal(decoder.generate(ids, attention_mask=mask, **settings), want)
+    assert not torch.equal(want, model.generate(ids, attention_mask=mask, max_new_tokens=NEW_TOKENS, **GREEDY))
+
+
 def test_one_decoder_serves_request_after_request(model):
     """Slots left by a longer earlier request must not leak into a shorter later one."""
     decoder = GraphedDecoder(model, batch_size=2, capacity=64)
@@ -154,8 +176,8 @@ def test_refusals_say_what_to_change(model):
         decoder.generate(prompts(3), max_new_tokens=4)
     with pytest.raises(ValueError, match="cache positions; this decoder has 32"):
         decoder.generate(prompts(2, length=20), max_new_tokens=20)
-    with pytest.raises(ValueError, match="use model.generate for repetition_penalty"):
-        decoder.generate(prompts(2), max_new_tokens=4, repetition_penalty=1.2)
+    with pytest.raises(ValueError, match="use model.generate for num_beams, stop"):
+        decoder.generate(prompts(2), max_new_tokens=4, num_beams=2, stop=["x"])
     with pytest.raises(ValueError, match="left padding only"):
         decoder.generate(prompts(2), attention_mask=torch.tensor([[1] * 6 + [0], [1] * 7]), max_new_tokens=4)
     with pytest.raises(ValueError, match="prefill"):
