@@ -9,12 +9,15 @@ eos handling and sampling. The CUDA tests run only where a GPU is.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from helpers import TINY, max_diff, perturb_
+from helpers import REPO, TINY, max_diff, perturb_
 
 from biogpt import BioGptConfig, BioGptForCausalLM
 from biogpt.graphed import CAPACITY_MULTIPLE, GraphedDecoder
@@ -209,6 +212,23 @@ def test_bitsandbytes_4bit_layers_run_in_the_step_and_8bit_models_are_refused(mo
     replace_linears(eight_bit, _bnb_factory("8bit", torch.device("cpu"), torch.float16))
     with pytest.raises(ValueError, match="8-bit models: biogpt.layers.0.self_attn.k_proj .*model.generate"):
         GraphedDecoder(eight_bit, batch_size=2, capacity=32)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="its compiled variant needs torch.compile's C++ compiler on the CPU")
+def test_the_prepared_gpu_bench_runs_end_to_end_in_smoke_mode(tmp_path):
+    """bench/gpu.sh spends scarce GPU time, so its script must not break unnoticed: the smoke
+    mode runs every section on a tiny model on the CPU."""
+    results = tmp_path / "gpu-bench.json"
+    done = subprocess.run([sys.executable, "bench/bench_gpu.py", "--smoke", "--budget", "240", "--json", str(results)],
+                          cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    data = json.loads(results.read_text())
+    assert [c["verdict"] for c in data["checks"]].count("PASS") >= 5
+    assert not [c for c in data["checks"] if c["verdict"] == "FAIL"] and not data["skipped"]
+    methods = {row["method"] for row in data["speed"]}
+    assert methods == {"ours static, eager", "ours static, eager, compiled", "ours generate", "transformers generate"}
+    assert len(data["profiles"]) == 2 and all(p["kernels_per_step"] > 0 for p in data["profiles"])
 
 
 # --------------------------------------------------------------------------------------------
