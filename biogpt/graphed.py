@@ -35,9 +35,8 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .generation import _private_generator, apply_processors, build_processors, resolve_settings
+from .generation import SamplingRun, resolve_settings
 from .model import POSITION_OFFSET
 
 # Eager runs before capture: they let cuBLAS and the SDPA kernels pick and allocate their
@@ -263,36 +262,15 @@ class GraphedDecoder:
                 f"{prompt_length} prompt tokens and {s.max_new_tokens} new ones need {prompt_length + s.max_new_tokens - 1} "
                 f"cache positions; this decoder has {self.capacity}."
             )
-        generator = _private_generator(s.seed, self.device) if s.do_sample else None
-        # generate()'s own processors, in its order; the repetition penalty skips left padding as there.
-        ignore_before = None if attention_mask is None else (torch.as_tensor(attention_mask) != 0).int().argmax(dim=1)
-        processors = build_processors(s, prompt_length, self.model.config.vocab_size, self.device,
-                                      None if ignore_before is None else ignore_before.to(self.device))
-        eos = torch.tensor(s.eos_token_ids, device=self.device) if s.eos_token_ids else None
-
-        logits = self.prefill(ids, attention_mask)
-        sequences = torch.full((self.batch_size, prompt_length + s.max_new_tokens), s.pad_token_id,
-                               dtype=torch.long, device=self.device)
-        sequences[:, :prompt_length] = ids.to(self.device)
-        unfinished = torch.ones(self.batch_size, dtype=torch.bool, device=self.device)
-        steps = 0
-        for step in range(s.max_new_tokens):
-            if step:
-                logits = self.decode(tokens)
-            scores = apply_processors(processors, sequences[:, : prompt_length + step], logits.float())
-            if generator is None:
-                tokens = torch.argmax(scores, dim=-1)
-            else:
-                tokens = torch.multinomial(F.softmax(scores, dim=-1), num_samples=1, generator=generator).squeeze(1)
-            if eos is not None:
-                tokens = torch.where(unfinished, tokens, s.pad_token_id)  # finished rows go on with padding
-            sequences[:, prompt_length + step] = tokens
-            steps = step + 1
-            if eos is not None:
-                unfinished &= ~torch.isin(tokens, eos)
-                if not bool(unfinished.any()):  # one host sync a step, only when eos can end rows
-                    break
-        return sequences[:, : prompt_length + steps]
+        ids = ids.to(self.device)
+        mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(self.device)
+        # generate()'s own token choice (processors, draws, eos, padding of finished rows); the
+        # model calls are this decoder's. (The run's KVCache stays empty: it allocates on first use.)
+        run = SamplingRun(self.model, ids, mask, s)
+        step = run.choose(self.prefill(ids, mask))
+        while not step.last:
+            step = run.choose(self.decode(step.tokens))
+        return run.ids()
 
 
 def _refuse_unsupported(s) -> None:
