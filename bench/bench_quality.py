@@ -7,7 +7,7 @@ counted two ways, and held-out perplexity, for our int8/int4/bf16 and for transf
                 texts part, so every later token counts as a disagreement too: one flipped
                 near-tie anywhere costs the rest of its sequence.
 For each sequence that parts, fp32's top-2 margin at the parting step says how close a call it
-was. Two controls compute everything in fp32 from rounded weights, so they show what the weight
+was. Two controls compute everything in fp32 from rounded Linear weights, so they show what the weight
 grid alone does, with no kernel involved. transformers' bf16 against transformers' fp32 is the
 reference for our bf16.
 
@@ -126,18 +126,18 @@ def main() -> None:
         "ours int4": ("ours", lambda: ours(quantize="int4")),
         "ours bf16": ("ours", lambda: ours(dtype=torch.bfloat16)),
         "transformers bf16": ("transformers", lambda: theirs(torch.bfloat16)),
-        "control: int8-grid weights, fp32 math": ("ours", lambda: rounded_weights(ours(), int8_grid)),
-        "control: bf16-grid weights, fp32 math": ("ours", lambda: rounded_weights(ours(), lambda w: w.bfloat16().float())),
+        "control: int8-grid Linear weights, fp32 math": ("ours", lambda: rounded_weights(ours(), int8_grid)),
+        "control: bf16-grid Linear weights, fp32 math": ("ours", lambda: rounded_weights(ours(), lambda w: w.bfloat16().float())),
     }
     print(f"\n{PROMPTS} prompts x {NEW_TOKENS} greedy tokens against the same implementation in fp32; "
           "parted: sequences whose free-running text differs, and fp32's largest top-2 margin where one parted")
-    print(f"{'variant':40s} {'per choice':>10s} {'free-running':>12s} {'parted':>7s} {'largest margin':>15s} {'perplexity':>11s}")
+    print(f"{'variant':46s} {'per choice':>10s} {'free-running':>12s} {'parted':>7s} {'largest margin':>15s} {'perplexity':>11s}")
     for name, (implementation, load) in variants.items():
         model = load()
         result = references[implementation].compare(model)
         ppl = perplexity(model, tokenizer, abstracts)["perplexity"] / base_perplexity[implementation] - 1
         largest = max((margin for _, _, margin in result["partings"]), default=float("nan"))
-        print(f"{name:40s} {result['choice']:10.2%} {result['free']:12.2%} {len(result['partings']):7d} "
+        print(f"{name:46s} {result['choice']:10.2%} {result['free']:12.2%} {len(result['partings']):7d} "
               f"{largest:15.4f} {ppl:+11.2%}", flush=True)
         del model
 
