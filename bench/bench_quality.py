@@ -7,8 +7,8 @@ counted two ways, and held-out perplexity, for our int8/int4/bf16 and for transf
                 texts part, so every later token counts as a disagreement too: one flipped
                 near-tie anywhere costs the rest of its sequence.
 For each sequence that parts, fp32's top-2 margin at the parting step says how close a call it
-was. Two controls compute everything in fp32 from rounded Linear weights, so they show what the weight
-grid alone does, with no kernel involved. transformers' bf16 against transformers' fp32 is the
+was. Two controls compute everything in fp32 from rounded Linear weights, so they show what
+the weight grid alone does, with no kernel involved. transformers' bf16 against transformers' fp32 is the
 reference for our bf16.
 
     python bench/bench_quality.py [--threads 2]
