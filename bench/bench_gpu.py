@@ -51,7 +51,8 @@ from pathlib import Path
 
 import torch
 
-from common import REPO  # noqa: F401  (puts the repository on sys.path)
+from common import REPO  # noqa: F401  (puts the repository and tests/ on sys.path)
+from helpers import incremental, teacher_forced
 
 from biogpt import BioGptConfig, BioGptForCausalLM
 from biogpt.graphed import GraphedDecoder
@@ -186,25 +187,6 @@ def weight_bytes(model) -> int:
     in full (tied or not), and not the embedding tables, of which a step reads one row each."""
     tensors = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers())
     return sum(t.numel() * t.element_size() for name, t in tensors if not name.startswith("biogpt.embed_"))
-
-
-def teacher_forced(decoder: GraphedDecoder, sequence: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    """The decoder's logits for each new position of `sequence`, fed its tokens: [rows, new, vocab] fp32."""
-    steps = [decoder.prefill(sequence[:, :prompt_length]).to(torch.float32, copy=True)]
-    for t in range(prompt_length, sequence.shape[1] - 1):
-        # A copy: decode() returns the graph's output buffer, which the next step overwrites.
-        steps.append(decoder.decode(sequence[:, t]).to(torch.float32, copy=True))
-    return torch.stack(steps, dim=1)
-
-
-def incremental(model, sequence: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    """The model's logits for each new position, decoding `sequence` token by token with its own cache."""
-    out = model(sequence[:, :prompt_length], use_cache=True)
-    steps = [out.logits[:, -1].float()]
-    for t in range(prompt_length, sequence.shape[1] - 1):
-        out = model(sequence[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-        steps.append(out.logits[:, -1].float())
-    return torch.stack(steps, dim=1)
 
 
 def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:

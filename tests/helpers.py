@@ -56,3 +56,25 @@ def load_hf(folder: Path, head: str = "BioGptForCausalLM"):
 
 def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.float() - b.float()).abs().max().item()
+
+
+# Logits per decoded position, for the graphed-decoder tests and bench/bench_gpu.py alike.
+
+
+def teacher_forced(decoder, sequence: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """A GraphedDecoder's logits for each new position of `sequence`, fed its tokens: [rows, new, vocab] fp32."""
+    steps = [decoder.prefill(sequence[:, :prompt_length]).to(torch.float32, copy=True)]
+    for t in range(prompt_length, sequence.shape[1] - 1):
+        # A copy: decode() returns the graph's output buffer, which the next step overwrites.
+        steps.append(decoder.decode(sequence[:, t].to(decoder.device)).to(torch.float32, copy=True))
+    return torch.stack(steps, dim=1)
+
+
+def incremental(model, sequence: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """The model's logits for each new position, decoding `sequence` token by token with its own cache, fp32."""
+    out = model(sequence[:, :prompt_length], use_cache=True)
+    steps = [out.logits[:, -1].float()]
+    for t in range(prompt_length, sequence.shape[1] - 1):
+        out = model(sequence[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
+        steps.append(out.logits[:, -1].float())
+    return torch.stack(steps, dim=1)

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, TINY, max_diff, perturb_
+from helpers import REPO, TINY, incremental, max_diff, perturb_, teacher_forced
 
 from biogpt import BioGptConfig, BioGptForCausalLM
 from biogpt.graphed import CAPACITY_MULTIPLE, GraphedDecoder
@@ -51,14 +51,6 @@ def prompts(batch: int, length: int = 7, seed: int = 1) -> torch.Tensor:
     ids = torch.randint(4, TINY["vocab_size"], (batch, length), generator=torch.Generator().manual_seed(seed))
     ids[:, 0] = 2
     return ids
-
-
-def teacher_forced(decoder: GraphedDecoder, sequence: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    """The decoder's logits for every position from the last prompt token on: [batch, new, vocab]."""
-    steps = [decoder.prefill(sequence[:, :prompt_length]).clone()]
-    for t in range(prompt_length, sequence.shape[1] - 1):
-        steps.append(decoder.decode(sequence[:, t].to(decoder.device)).clone())
-    return torch.stack(steps, dim=1)
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -298,13 +290,3 @@ def test_cuda_decoder_runs_bitsandbytes_4bit_layers_in_its_graph(model):
     # Against the model decoding the same tokens with its own cache (bench/gpu.sh measured 1.3e-4
     # on the microsoft/biogpt shape on an H200): only the attention kernels differ.
     assert ((logits - reference).norm() / reference.norm()).item() < 1e-2
-
-
-def incremental(model, sequence: torch.Tensor, prompt_length: int) -> torch.Tensor:
-    """The model's logits for each new position, decoding `sequence` token by token with its own cache."""
-    out = model(sequence[:, :prompt_length], use_cache=True)
-    steps = [out.logits[:, -1]]
-    for t in range(prompt_length, sequence.shape[1] - 1):
-        out = model(sequence[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
-        steps.append(out.logits[:, -1])
-    return torch.stack(steps, dim=1)
