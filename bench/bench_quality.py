@@ -17,27 +17,17 @@ reference for our bf16.
 from __future__ import annotations
 
 import argparse
-import json
 import warnings
 
 import torch
 import torch.nn as nn
 
-from common import REPO, machine
+from common import machine
+from helpers import BUNDLED_LM, QUALITY_NEW_TOKENS, QUALITY_PROMPTS, greedy_continuation, quality_texts
 
 from biogpt import BioGptForCausalLM, BioGptTokenizer
 from biogpt.quantize import quantize_int8, quantize_model
 from biogpt.train import perplexity
-
-BUNDLED_LM = REPO / "assets" / "models" / "biogpt-pubmed-small"
-DATA = REPO.parent / "shared" / "data"
-PROMPTS, NEW_TOKENS = 20, 64
-
-
-def greedy(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.generate(ids, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False)[0, ids.shape[1]:]
-
 
 def teacher_forced_logits(model, ids: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
     """The logits of each of `new`'s choices, made on the prompt and `new` so far."""
@@ -50,7 +40,7 @@ class Reference:
 
     def __init__(self, model, prompts: list[torch.Tensor]):
         self.prompts = prompts
-        self.continuations = [greedy(model, ids) for ids in prompts]
+        self.continuations = [greedy_continuation(model, ids) for ids in prompts]
         self.margins = []
         for ids, new in zip(prompts, self.continuations):
             top2 = teacher_forced_logits(model, ids, new).topk(2, dim=-1).values
@@ -61,13 +51,13 @@ class Reference:
         partings = []  # (prompt, step, fp32's margin there)
         for i, (ids, new) in enumerate(zip(self.prompts, self.continuations)):
             choices += int((teacher_forced_logits(model, ids, new).argmax(-1) == new).sum())
-            own = greedy(model, ids)
+            own = greedy_continuation(model, ids)
             free += int((own == new).sum())
             differ = (own != new).nonzero()
             if len(differ):
                 step = int(differ[0])
                 partings.append((i, step, float(self.margins[i][step])))
-        total = len(self.prompts) * NEW_TOKENS
+        total = len(self.prompts) * QUALITY_NEW_TOKENS
         return {"choice": choices / total, "free": free / total, "partings": partings}
 
 
@@ -95,10 +85,7 @@ def main() -> None:
 
     print(machine())
     tokenizer = BioGptTokenizer.from_pretrained(BUNDLED_LM)
-    with open(DATA / "pubmed-corpus" / "pubmed_docs.jsonl", encoding="utf-8") as f:
-        titles = [json.loads(line)["title"] for line, _ in zip(f, range(PROMPTS))]
-    with open(DATA / "BC5CDR" / "ner_spans_test.jsonl", encoding="utf-8") as f:
-        abstracts = [json.loads(line)["text"] for line, _ in zip(f, range(30))]
+    titles, abstracts = quality_texts()
     prompts = [torch.tensor([tokenizer.encode(title)]) for title in titles]
 
     def ours(**kwargs):
@@ -110,7 +97,7 @@ def main() -> None:
     ours_fp32, theirs_fp32 = ours(), theirs(torch.float32)
     references = {"ours": Reference(ours_fp32, prompts), "transformers": Reference(theirs_fp32, prompts)}
     same = all(torch.equal(a, b) for a, b in zip(references["ours"].continuations, references["transformers"].continuations))
-    print(f"ours fp32 and transformers fp32 make the same {PROMPTS * NEW_TOKENS} greedy tokens: {same}")
+    print(f"ours fp32 and transformers fp32 make the same {QUALITY_PROMPTS * QUALITY_NEW_TOKENS} greedy tokens: {same}")
     margins = torch.cat(references["ours"].margins)
     print(
         f"fp32's top-2 margin (logits) at its {len(margins)} greedy steps: under 0.01 at {int((margins < 0.01).sum())}, "
@@ -129,7 +116,7 @@ def main() -> None:
         "control: int8-grid Linear weights, fp32 math": ("ours", lambda: rounded_weights(ours(), int8_grid)),
         "control: bf16-grid Linear weights, fp32 math": ("ours", lambda: rounded_weights(ours(), lambda w: w.bfloat16().float())),
     }
-    print(f"\n{PROMPTS} prompts x {NEW_TOKENS} greedy tokens against the same implementation in fp32; "
+    print(f"\n{QUALITY_PROMPTS} prompts x {QUALITY_NEW_TOKENS} greedy tokens against the same implementation in fp32; "
           "parted: sequences whose free-running text differs, and fp32's largest top-2 margin where one parted")
     print(f"{'variant':46s} {'per choice':>10s} {'free-running':>12s} {'parted':>7s} {'largest margin':>15s} {'perplexity':>11s}")
     for name, (implementation, load) in variants.items():

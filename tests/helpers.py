@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 DATA = SHARED / "data"
+BUNDLED_LM = REPO / "assets" / "models" / "biogpt-pubmed-small"
 
 # Shapes the parity tests cover: a tiny one, an odd one, and the real microsoft/biogpt shape.
 TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
@@ -78,3 +80,23 @@ def incremental(model, sequence: torch.Tensor, prompt_length: int) -> torch.Tens
         out = model(sequence[:, t:t + 1], past_key_values=out.past_key_values, use_cache=True)
         steps.append(out.logits[:, -1].float())
     return torch.stack(steps, dim=1)
+
+
+# Issue 7's quality set on the bundled LM, for tests/test_quantize.py and bench/bench_quality.py alike.
+QUALITY_PROMPTS, QUALITY_NEW_TOKENS = 20, 64
+
+
+def quality_texts() -> tuple[list[str], list[str]]:
+    """(prompts: the first 20 PubMed titles of the corpus, perplexity texts: 30 BC5CDR test abstracts)."""
+    with open(DATA / "pubmed-corpus" / "pubmed_docs.jsonl", encoding="utf-8") as f:
+        titles = [json.loads(line)["title"] for line, _ in zip(f, range(QUALITY_PROMPTS))]
+    with open(DATA / "BC5CDR" / "ner_spans_test.jsonl", encoding="utf-8") as f:
+        abstracts = [json.loads(line)["text"] for line, _ in zip(f, range(30))]
+    return titles, abstracts
+
+
+def greedy_continuation(model, ids: torch.Tensor) -> torch.Tensor:
+    """The model's 64 greedy new tokens after `ids` ([1, prompt]), eos not allowed to end them early."""
+    with torch.inference_mode():
+        return model.generate(ids, max_new_tokens=QUALITY_NEW_TOKENS, min_new_tokens=QUALITY_NEW_TOKENS,
+                              do_sample=False)[0, ids.shape[1]:]

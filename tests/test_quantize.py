@@ -4,7 +4,6 @@ a quantized model refuses to do."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
@@ -26,9 +25,8 @@ from biogpt.quantize import (
     replace_linears,
 )
 from biogpt.train import perplexity
-from helpers import DATA, REPO
+from helpers import BUNDLED_LM, greedy_continuation, quality_texts
 
-BUNDLED_LM = REPO / "assets" / "models" / "biogpt-pubmed-small"
 # 128 wide so the int4 kernel (groups of 128) takes the layers; vocab 1000 is not a multiple of
 # 16, so under int4 the output projection falls back to int8.
 SMALL = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -355,20 +353,12 @@ def bundled(one_thread):
     if not (BUNDLED_LM / "model.safetensors").is_file():
         pytest.skip("the bundled LM is not in assets/")
     tokenizer = BioGptTokenizer.from_pretrained(BUNDLED_LM)
-    with open(DATA / "pubmed-corpus" / "pubmed_docs.jsonl", encoding="utf-8") as f:
-        titles = [json.loads(line)["title"] for line, _ in zip(f, range(20))]
-    with open(DATA / "BC5CDR" / "ner_spans_test.jsonl", encoding="utf-8") as f:
-        abstracts = [json.loads(line)["text"] for line, _ in zip(f, range(30))]
+    titles, abstracts = quality_texts()
     fp32 = BioGptForCausalLM.from_pretrained(BUNDLED_LM)
     prompts = [torch.tensor([tokenizer.encode(title)]) for title in titles]
-    continuations = [greedy(fp32, ids) for ids in prompts]
+    continuations = [greedy_continuation(fp32, ids) for ids in prompts]
     return {"tokenizer": tokenizer, "prompts": prompts, "fp32": fp32, "continuations": continuations, "abstracts": abstracts,
             "fp32_perplexity": perplexity(fp32, tokenizer, abstracts)["perplexity"]}
-
-
-def greedy(model, ids: torch.Tensor) -> torch.Tensor:
-    with torch.inference_mode():
-        return model.generate(ids, max_new_tokens=64, min_new_tokens=64)[0, ids.shape[1]:]
 
 
 def choice_agreement(model, bundled) -> float:
@@ -405,7 +395,7 @@ def test_bundled_lm_quality_within_issue_bounds(bundled, variant):
     assert abs(ours / base - 1) <= 0.01, f"{variant}: perplexity {ours:.2f} vs fp32 {base:.2f}"
 
     if variant == "int8":
-        free = [greedy(model, ids) for ids in bundled["prompts"]]
+        free = [greedy_continuation(model, ids) for ids in bundled["prompts"]]
         same = sum(int((a == b).sum()) for a, b in zip(free, bundled["continuations"])) / (20 * 64)
         # A guard against a broken kernel (int4 scores 31%), not issue 7's bound: see the docstring.
         assert same >= 0.80, f"free-running int8 agrees with fp32 on {same:.2%} of new tokens (measured 87-91%, bf16 81%)"
