@@ -4,7 +4,6 @@ a quantized model refuses to do."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 import torch.nn as nn
