@@ -1,0 +1,38 @@
+"""What this CPU can do, read once: the one place kernel and dtype choices ask.
+
+Which int8 kernel is exact and whether bf16 is fast both depend on the instruction set, and
+machines of one fleet differ (AVX-512 with VNNI/AMX on some, AVX2 only on others).
+BIOGPT_CPU_FLAGS="avx2 fma" overrides the answer so tests can run every CPU's path anywhere.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+FLAGS_ENV = "BIOGPT_CPU_FLAGS"
+
+
+@functools.lru_cache(maxsize=1)
+def _cpuinfo_flags() -> frozenset[str]:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:  # not Linux: claim nothing, so callers take their safe path
+        pass
+    return frozenset()
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (as /proc/cpuinfo spells them), or the override's."""
+    override = os.environ.get(FLAGS_ENV)
+    if override is not None:  # read each call so a test's monkeypatch takes effect at once
+        return frozenset(override.split())
+    return _cpuinfo_flags()
+
+
+def fast_bf16() -> bool:
+    """Whether bf16 matmuls run in hardware (AVX-512 bf16 or AMX); without them, emulated
+    bf16 prefills about 5x slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
