@@ -11,7 +11,8 @@ time to first token no worse (ratio <= 1).
 
 `--kernels` first times the matrix products alone (every Linear of the model, one call each)
 for each int8 kernel PyTorch ships, at 1, 16 and 128 tokens, and `--int8-kernels` adds whole
-decoding with Int8Linear's other two kernels: the measurements behind its choice of kernel.
+decoding with Int8Linear's other paths (fbgemm with 7-bit activations, intmm, int8pack): the
+measurements behind its choice of kernel and the README's speed of each fallback.
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ import torch.nn.functional as F
 from common import alternate, full_size_checkpoint, machine
 
 from biogpt import BioGptForCausalLM
-from biogpt.quantize import Int8Linear, _fbgemm_pack, quantize_int4, quantize_int8, quantize_model
+from biogpt.kernels import fbgemm_pack
+from biogpt.quantize import Int8Linear, quantize_int4, quantize_int8, quantize_model
 
 
 def kernel_table(repeats: int) -> None:
@@ -43,7 +45,7 @@ def kernel_table(repeats: int) -> None:
         q4, s4, z4 = quantize_int4(w)
         return {
             "k": w.shape[1], "fp32": w, "bf16": w.bfloat16(), "q": q, "scale": scale, "scale_bf16": scale.bfloat16(),
-            "packed": _fbgemm_pack(q, scale, None),
+            "packed": fbgemm_pack(q, scale, None),
             "int4": torch.ops.aten._convert_weight_to_int4pack_for_cpu(q4, 1),
             "int4_sz": torch.stack([s4, z4], -1).transpose(0, 1).contiguous().bfloat16(),
         }
@@ -58,6 +60,7 @@ def kernel_table(repeats: int) -> None:
         "fp32 F.linear": lambda x, d: F.linear(x, d["fp32"]),
         "bf16 F.linear": lambda x, d: F.linear(x.bfloat16(), d["bf16"]),
         "int8 fbgemm linear_dynamic (W8A8)": lambda x, d: torch.ops.quantized.linear_dynamic(x, d["packed"], False),
+        "int8 fbgemm, reduce_range (W8A7)": lambda x, d: torch.ops.quantized.linear_dynamic(x, d["packed"], True),
         "int8 _int_mm, x int8 per row": int_mm,
         "int8 _weight_int8pack_mm (bf16 x)": lambda x, d: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), d["q"], d["scale_bf16"]),
         "int8 dequantize + bf16 F.linear": lambda x, d: F.linear(x.bfloat16(), d["q"].bfloat16() * d["scale_bf16"][:, None]),
@@ -90,7 +93,7 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-tokens", type=int, default=16)
     parser.add_argument("--kernels", action="store_true", help="also time the int8 kernels alone")
-    parser.add_argument("--int8-kernels", action="store_true", help="also decode with Int8Linear's other kernels")
+    parser.add_argument("--int8-kernels", action="store_true", help="also decode with Int8Linear's other paths")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -117,7 +120,7 @@ def main() -> None:
         loads[name] = time.perf_counter() - start
     kernel = next(m.kernel for m in models["ours int8"].modules() if isinstance(m, Int8Linear))
     if args.int8_kernels:
-        for other in ("intmm", "int8pack"):
+        for other in ("fbgemm-u7", "intmm", "int8pack"):
             start = time.perf_counter()
             models[f"ours int8 ({other})"] = quantize_model(BioGptForCausalLM.from_pretrained(folder), "int8", int8_kernel=other)
             loads[f"ours int8 ({other})"] = time.perf_counter() - start

@@ -3,10 +3,11 @@
 Decoding one token reads every weight once, so on a CPU the speed of a step is the bytes of
 weights over memory bandwidth: fewer bytes per weight is the way to go faster.
 
-  "int8"  CPU. Weights int8 with one fp32 scale per output channel (symmetric, absmax / 127).
+  "int8"  CPU. Weights int8 with one fp32 scale per output channel (symmetric, absmax / 127),
+          multiplied by the fastest kernel that passed its check on this CPU (biogpt.kernels).
   "int4"  CPU. Weights 4-bit in groups of 128 input channels with a bf16 scale and zero each.
           Layers the int4 kernel cannot take (output width not a multiple of 16, e.g. a
-          classifier) are int8 instead.
+          classifier), and all layers where the int4 kernel fails its check, are int8 instead.
   "8bit"  CUDA, bitsandbytes' Linear8bitLt (LLM.int8(), outlier threshold 6.0).
   "4bit"  CUDA, bitsandbytes' Linear4bit with nf4 weights.
 
@@ -28,12 +29,14 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from . import kernels
+
 CPU_MODES = ("int8", "int4")
 CUDA_MODES = ("8bit", "4bit")
 MODES = CPU_MODES + CUDA_MODES
 INT4_GROUP = 128
 
-INT8_KERNELS = ("fbgemm", "intmm", "int8pack")  # see Int8Linear
+INT8_KERNELS = tuple(kernels.INT8_PREFERENCE)  # what an Int8Linear can be asked for; see kernels.py
 
 
 def check_mode(mode: str | None, device: str | torch.device) -> None:
@@ -70,8 +73,12 @@ def quantize_model(
     if mode in CUDA_MODES:
         make = _bnb_factory(mode, device, _float_dtype(model))
     elif mode == "int4":
+        int4_exact = kernels.is_exact("int4pack")  # where it is not, every layer is int8 (logged by kernels)
+
         def make(linear):
-            return Int4Linear.from_linear(linear) if Int4Linear.supports(linear) else Int8Linear.from_linear(linear, int8_kernel)
+            if int4_exact and Int4Linear.supports(linear):
+                return Int4Linear.from_linear(linear)
+            return Int8Linear.from_linear(linear, int8_kernel)
     else:
         def make(linear):
             return Int8Linear.from_linear(linear, int8_kernel)
@@ -115,55 +122,36 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def _fbgemm_pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-    """fbgemm's prepacked per-channel int8 weight (bias folded in), or None where it is missing.
-
-    Building it needs a quantized tensor (torch.qint8), an API PyTorch has deprecated without a
-    replacement for this kernel yet. It is used here, and only here, because fbgemm's dynamic
-    linear measured fastest of PyTorch's int8 CPU matmuls on these machines, for one token and
-    for prompts alike (bench/bench_quantize.py --kernels). The day PyTorch drops it this returns
-    None and the layer uses the "intmm" kernel instead: same weights, a third slower decoding.
-    """
-    if q.device.type != "cpu" or not {"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines):
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # the deprecation notice for torch.qint8
-            zero = torch.zeros(q.shape[0], dtype=torch.long)
-            qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
-            return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
-    except (AttributeError, RuntimeError, NotImplementedError):
-        return None
-
-
 class Int8Linear(nn.Module):
     """y = x @ (q * scale).T + bias with int8 q [out, in] and one fp32 scale per output row.
 
-    Three CPU kernels that ship with PyTorch, chosen once per layer (`kernel`). Measured on the
-    full-size model, 2 threads (bench/bench_quantize.py --int8-kernels): generate at 48 / 32 / 33
-    tokens/s, first token after 36 / 71 / 111 ms (transformers fp32: 10 tokens/s, 211 ms); on the
-    bundled LM greedy choices agree with fp32's at 99.4 / 99.2 / 98.7% and perplexity moves
-    +0.23 / +0.08 / +0.06%.
-      "fbgemm"    `quantized.linear_dynamic`, the default: x is quantized to uint8 on each call
-                  with one scale and zero point for the whole input, then multiplied in integers
-                  (exact int32 accumulation). So activations are 8-bit too; for one token that
-                  grid is per token, but rows of a batch or a prompt share it, so a row's result
-                  depends a little on the rows beside it.
-      "intmm"     `aten._int_mm` after quantizing each row of x to int8 on its own: rows are
-                  independent, exactly (integer products), whatever the batch; no deprecated
-                  API. The fallback where fbgemm is missing.
-      "int8pack"  `aten._weight_int8pack_mm`: weight-only, x rounded to bf16 (its fast path).
+    Four paths through kernels that ship with PyTorch, chosen once per layer: the one asked for
+    (`kernel`: "fbgemm", "intmm", "int8pack" or a path name of biogpt.kernels) if it passed its
+    check on this machine, else the next correct one (kernels.int8_path); `self.kernel` names the
+    path taken. Measured on the full-size model, 2 threads (bench/bench_quantize.py
+    --int8-kernels; README, "int8 on every CPU"), and on the bundled LM for quality (greedy
+    choices agreeing with fp32's, perplexity):
+      "fbgemm-u8"  `quantized.linear_dynamic`, the default where exact (AVX-512 VNNI): x is
+                   quantized to uint8 on each call with one scale and zero point for the whole
+                   input, then multiplied in integers (exact int32 accumulation). So activations
+                   are 8-bit too; for one token that grid is per token, but rows of a batch or a
+                   prompt share it, so a row's result depends a little on the rows beside it.
+      "fbgemm-u7"  the same with 7-bit activations (reduce_range): the default on AVX2 without
+                   VNNI, where 8-bit products saturate in fbgemm's int16 pairs.
+      "intmm"      `aten._int_mm` after quantizing each row of x to int8 on its own: rows are
+                   independent, exactly (integer products), whatever the batch; no deprecated
+                   API. Correct everywhere, and the slowest.
+      "int8pack"   `aten._weight_int8pack_mm`: weight-only, x rounded to bf16 (its fast path).
     The fbgemm layer keeps only the packed weight (fbgemm's own copy of q, scale and bias);
     `weight_int8` and `weight_scale` unpack it on demand.
     """
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None, kernel: str = "fbgemm"):
         super().__init__()
-        if kernel not in INT8_KERNELS:
-            raise ValueError(f"Unknown int8 kernel {kernel!r}; use one of {', '.join(INT8_KERNELS)}.")
         self.out_features, self.in_features = q.shape
-        self._packed = _fbgemm_pack(q, scale, bias) if kernel == "fbgemm" else None
-        self.kernel = "fbgemm" if self._packed is not None else "intmm" if kernel == "fbgemm" else kernel
+        self.kernel = kernels.int8_path(kernel)
+        self.reduce_range = self.kernel == "fbgemm-u7"
+        self._packed = kernels.fbgemm_pack(q, scale, bias) if self.kernel.startswith("fbgemm") else None
         if self._packed is None:
             self.register_buffer("_q", q.contiguous())
             self.register_buffer("_scale", scale.float() if self.kernel == "intmm" else scale.to(torch.bfloat16))
@@ -197,7 +185,7 @@ class Int8Linear(nn.Module):
         shape = x.shape
         x2 = x.reshape(-1, self.in_features)
         if self._packed is not None:
-            y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, False)  # bias included
+            y = torch.ops.quantized.linear_dynamic(x2.float(), self._packed, self.reduce_range)  # bias included
         else:
             if self.kernel == "intmm":
                 rows = x2.float()

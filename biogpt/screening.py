@@ -32,9 +32,9 @@ index from an int8 copy of W (fbgemm's dynamic int8 linear, 10.8 MB, often cache
 The fbgemm kernel's int32 accumulation is exact only where it does not saturate (AVX2 without
 VNNI pairs u8*s8 products into saturating int16), and the activation term assumes fbgemm's
 quantization parameters (ChooseQuantizationParams over [min(h, 0), max(h, 0)], 255 levels). A
-construction-time self-test checks both on the engine in use (worst-case operands; an identity
-weight that reads back fbgemm's rounded input) and uses reduce_range (7-bit activations, no
-saturation possible) if the first fails.
+self-test checks both on the machine in use, once (biogpt.kernels: worst-case operands; an
+identity weight that reads back fbgemm's rounded input), and the screen uses reduce_range (7-bit
+activations, no saturation possible) where the 8-bit check fails or is distrusted.
 
 Valid only when greedy picks argmax of the raw logits (no repetition penalty, bans, min_new_tokens)
 and fp32 matmuls are IEEE fp32 (torch.get_float32_matmul_precision() == "highest").
@@ -43,21 +43,17 @@ and fp32 matmuls are IEEE fp32 (torch.get_float32_matmul_precision() == "highest
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import kernels
+from .kernels import ACTIVATION_HALF_STEP, SMALL_SCALE_THRESHOLD
 from .quantize import quantize_int8
 
 UNIT_ROUNDOFF = 2.0**-24  # fp32
-# Per element, fbgemm's uint8 grid is off by at most half a step (nearest rounding; the nudged
-# zero point moves the ends of the range by at most half a step too). 1e-3 covers the float error
-# of x * (1 / scale) (|x| / scale <= 255, so ~3e-5 steps).
-ACTIVATION_HALF_STEP = 0.5 * (1.0 + 1e-3)
-SMALL_SCALE_THRESHOLD = 6.1e-5  # fbgemm raises smaller scales to this
 RELATIVE_SLACK = 1e-5
 
 
@@ -85,59 +81,6 @@ def _gamma(k: int) -> float:
     return k * UNIT_ROUNDOFF / (1 - k * UNIT_ROUNDOFF)
 
 
-def _fbgemm_available() -> bool:
-    return bool({"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines))
-
-
-def _pack(q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        zero = torch.zeros(q.shape[0], dtype=torch.long)
-        qweight = torch._make_per_channel_quantized_tensor(q, scale.double(), zero, 0)
-        return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
-
-
-def fbgemm_accumulates_exactly(reduce_range: bool, in_features: int = 256) -> bool:
-    """Checks the two facts the bound rests on, on the kernel and engine in use.
-
-    1. Exact integer accumulation: worst case for int16 saturation (activations at the top of
-       the uint8 grid, weights at +-127); a saturating kernel is off by thousands of units.
-    2. The activation grid: with an identity weight the output is fbgemm's rounded input, which
-       must be within ACTIVATION_HALF_STEP steps of the input, the step being the one the screen
-       assumes (span of [min(x, 0), max(x, 0)] over 255 levels, or 127 with reduce_range).
-    """
-    levels = 127 if reduce_range else 255
-    rows = 32
-    q = torch.full((rows, in_features), 127, dtype=torch.int8)
-    q[1::2] = -127
-    q[2::4, ::2] = -127  # mixed signs too
-    scale = torch.full((rows,), 1.0 / 127)
-    packed = _pack(q, scale, None)
-    for x in (torch.ones(1, in_features), -torch.ones(1, in_features),
-              torch.linspace(-1, 1, in_features)[None], torch.linspace(0, 1, in_features)[None]):
-        got = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
-        want = (x.double() @ (q.double() * scale.double()[:, None]).T).float()
-        step = float(x.max().clamp(min=0) - x.min().clamp(max=0)) / levels
-        if not torch.allclose(got, want, rtol=0, atol=0.51 * step * in_features + 1e-4):
-            return False
-    eye = _pack(torch.eye(in_features, dtype=torch.int8) * 64, torch.full((in_features,), 1.0 / 64), None)  # W = I exactly
-    generator = torch.Generator().manual_seed(0)
-    tests = [torch.randn(8, in_features, generator=generator) * 10.0 ** e for e in (-6, -3, 0, 2)]
-    outliers = torch.randn(8, in_features, generator=generator)
-    outliers[:, :3] *= 50
-    tests += [outliers, torch.rand(8, in_features, generator=generator) + 0.5, -torch.rand(8, in_features, generator=generator)]
-    for x in tests:
-        for row in x:
-            row = row[None]
-            grid = torch.ops.quantized.linear_dynamic(row, eye, reduce_range)  # fbgemm's rounded input
-            span = max(float(row.max()), 0.0) - min(float(row.min()), 0.0)
-            step = max(span / levels, SMALL_SCALE_THRESHOLD)
-            # fbgemm's float scaling of the output adds a few ulps of |x|
-            if float((grid.double() - row.double()).abs().max()) > ACTIVATION_HALF_STEP * step + 1e-6 * float(row.abs().max()):
-                return False
-    return True
-
-
 def _fp32_matmuls_are_ieee() -> bool:
     """The reference projection must be IEEE fp32 (no TF32/bf16 shortcuts) for the fp32 bound to hold."""
     if torch.get_float32_matmul_precision() != "highest":
@@ -150,16 +93,18 @@ def _fp32_matmuls_are_ieee() -> bool:
 
 
 def screen_applicable() -> bool:
-    """fbgemm is there and fp32 matmuls are IEEE: a screen can be built and trusted."""
-    return _fp32_matmuls_are_ieee() and _fbgemm_available()
+    """fbgemm is exact here (at 8- or 7-bit activations) and fp32 matmuls are IEEE: a screen can
+    be built and trusted."""
+    return _fp32_matmuls_are_ieee() and kernels.fbgemm_reduce_range() is not None
 
 
 class ScreenedArgmax:
     """argmax(F.linear(h, weight, bias), -1) for fp32 h [rows, K], same index, most of the work in int8."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
-        if not _fbgemm_available():
-            raise RuntimeError("the int8 screen needs PyTorch's fbgemm/x86 quantized engine")
+        reduce_range = kernels.fbgemm_reduce_range()
+        if reduce_range is None:
+            raise RuntimeError("the int8 screen needs PyTorch's fbgemm int8 linear, exact on this CPU")
         self.weight = weight  # the model's own fp32 parameter: no copy
         self.bias = bias
         if weight.dtype != torch.float32 or weight.device.type != "cpu":
@@ -169,7 +114,7 @@ class ScreenedArgmax:
         with torch.no_grad():
             w = weight.detach().contiguous()
             q, s = quantize_int8(w)
-            self._packed = _pack(q, s, bias)
+            self._packed = kernels.fbgemm_pack(q, s, bias)
             w64 = w.double()
             deq = q.double() * s.double()[:, None]
             delta = (w64 - deq).abs()
@@ -190,9 +135,7 @@ class ScreenedArgmax:
             self._np_a_inf, self._np_a_two, self._np_deq_l1, self._np_w_inf, self._np_w_two = (
                 t.double().numpy() for t in (self._a_inf, self._a_two, self._deq_l1, self._w_inf, self._w_two)
             )
-        self.reduce_range = not fbgemm_accumulates_exactly(False, k)
-        if self.reduce_range and not fbgemm_accumulates_exactly(True, k):
-            raise RuntimeError("fbgemm's int8 linear does not accumulate exactly here; the screen would not be sound")
+        self.reduce_range = reduce_range
         self._levels = 127 if self.reduce_range else 255
         self.stats: ScreenStats | None = None  # set one to count candidates and fallbacks (tests, benchmarks)
 

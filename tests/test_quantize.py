@@ -1,6 +1,7 @@
 """Quantized loading (biogpt/quantize.py): each kernel against a reference built from the same
-integers, the in-place swap on every head, issue 7's quality bounds on the bundled LM, and what
-a quantized model refuses to do."""
+integers, each kernel's self-check against a broken stand-in and every fallback forced
+(biogpt/kernels.py), the in-place swap on every head, the quality bounds on the bundled LM per
+int8 path, and what a quantized model refuses to do."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from biogpt import kernels
 from biogpt import (
     BioGptConfig,
     BioGptForCausalLM,
@@ -31,8 +33,22 @@ from helpers import BUNDLED_LM, greedy_continuation, quality_texts
 SMALL = dict(vocab_size=1000, hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
              intermediate_size=256, max_position_embeddings=64)
 HEADS = [BioGptForCausalLM, BioGptForTokenClassification, BioGptForSequenceClassification]
-# The default int8 kernel; "intmm" where this PyTorch build has no fbgemm engine.
+# The int8 path this machine gives by default: "fbgemm-u8" with AVX-512 VNNI, "fbgemm-u7" on
+# AVX2 alone, "intmm" where this PyTorch build has no fbgemm engine.
 DEFAULT_INT8 = Int8Linear.from_linear(nn.Linear(8, 8)).kernel
+# What to distrust so that an int8 layer asking for "fbgemm" lands on each path.
+FORCING = {
+    "fbgemm-u8": "",
+    "fbgemm-u7": "fbgemm-u8",
+    "intmm": "fbgemm-u8,fbgemm-u7",
+    "int8pack": "fbgemm-u8,fbgemm-u7,intmm",
+}
+
+
+def force_int8_path(monkeypatch, path: str) -> None:
+    if not kernels.is_exact(path):
+        pytest.skip(f"{path} fails its check on this CPU (only the fallbacks can run here)")
+    monkeypatch.setenv(kernels.DISTRUST_ENV, FORCING[path])
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -45,12 +61,29 @@ def per_row_int8(x: torch.Tensor) -> torch.Tensor:
     return torch.round(x / row_scale) * row_scale
 
 
-def dynamic_uint8(x: torch.Tensor) -> torch.Tensor:
-    """x after fbgemm's dynamic activation quantization: one asymmetric uint8 grid for the whole input."""
+def dynamic_uint8(x: torch.Tensor, levels: int = 255) -> torch.Tensor:
+    """x after fbgemm's dynamic activation quantization: one asymmetric uint8 grid for the whole
+    input (127 levels with reduce_range)."""
     low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
-    scale = (high - low) / 255
+    scale = (high - low) / levels
     zero = round(-low / scale)
-    return ((torch.round(x / scale) + zero).clamp(0, 255) - zero) * scale
+    return ((torch.round(x / scale) + zero).clamp(0, levels) - zero) * scale
+
+
+def avx2_linear_dynamic(x: torch.Tensor, packed, reduce_range: bool) -> torch.Tensor:
+    """fbgemm's dynamic int8 linear as it runs on AVX2 without VNNI: u8 x s8 products added in
+    pairs into saturating int16 (vpmaddubsw), then summed in int32."""
+    qweight, bias = torch.ops.quantized.linear_unpack(packed)
+    q, scale = qweight.int_repr().long(), qweight.q_per_channel_scales().float()
+    levels = 127 if reduce_range else 255
+    low, high = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    step = (high - low) / levels
+    zero = round(-low / step)
+    xq = (torch.round(x / step) + zero).clamp(0, levels).long()
+    products = xq[:, None, :] * q[None]  # [rows, out, in]
+    pairs = (products[..., 0::2] + products[..., 1::2]).clamp(-(2**15), 2**15 - 1)
+    y = (pairs.sum(-1) - zero * q.sum(1)).float() * step * scale
+    return y if bias is None else y + bias
 
 
 def a_linear(out_features: int, in_features: int, seed: int = 0, bias: bool = True) -> nn.Linear:
@@ -79,21 +112,67 @@ def test_int8_rounding_is_per_output_channel():
     assert ((q.float() * scale[:, None] - weight).abs() <= scale[:, None] / 2 * 1.0001).all()
 
 
-@pytest.mark.skipif(DEFAULT_INT8 != "fbgemm", reason="this PyTorch build has no fbgemm engine")
-def test_int8_fbgemm_equals_its_integer_reference():
+@pytest.mark.parametrize("path", ["fbgemm-u8", "fbgemm-u7"])
+def test_int8_fbgemm_equals_its_integer_reference(monkeypatch, path):
+    force_int8_path(monkeypatch, path)
     linear = a_linear(48, 96)
     layer = Int8Linear.from_linear(linear)
-    assert layer.kernel == "fbgemm"
+    assert layer.kernel == path
     q, scale = quantize_int8(linear.weight.detach())
     assert torch.equal(layer.weight_int8, q) and torch.allclose(layer.weight_scale, scale)
     x = an_input(2, 5, 96)
     y = layer(x)
     assert y.shape == (2, 5, 48) and y.dtype == torch.float32
     dequantized = q.float() * scale[:, None]
-    exact = dynamic_uint8(x) @ dequantized.T + linear.bias
+    exact = dynamic_uint8(x, 255 if path == "fbgemm-u8" else 127) @ dequantized.T + linear.bias
     assert rel_err(y, exact) < 1e-5  # int32 accumulation: exact up to fp32 rounding
-    assert rel_err(y, x @ dequantized.T + linear.bias) < 0.03  # what 8-bit activations cost
+    assert rel_err(y, x @ dequantized.T + linear.bias) < (0.03 if path == "fbgemm-u8" else 0.06)  # what 8 or 7 bits cost
     assert layer(x.bfloat16()).dtype == torch.bfloat16
+
+
+def test_the_avx2_stand_in_saturates_like_the_cpus_it_models():
+    """The emulation the next test relies on: wrong at 8 bits (relative error 2.18 was measured on
+    an AVX2-only EPYC), exact at 7 bits, against the integer reference."""
+    linear = a_linear(48, 96)
+    q, scale = quantize_int8(linear.weight.detach())
+    packed = kernels.fbgemm_pack(q, scale, linear.bias)
+    x = 0.9 + 0.1 * torch.rand(5, 96, generator=torch.Generator().manual_seed(0))  # near the top of the uint8 grid
+    dequantized = q.float() * scale[:, None]
+    assert rel_err(avx2_linear_dynamic(x, packed, False), dynamic_uint8(x) @ dequantized.T + linear.bias) > 0.1
+    assert rel_err(avx2_linear_dynamic(x, packed, True), dynamic_uint8(x, 127) @ dequantized.T + linear.bias) < 1e-5
+
+
+def test_on_a_cpu_where_fbgemm_saturates_its_check_fails_at_8_bits_and_passes_at_7(monkeypatch):
+    monkeypatch.setattr(torch.ops.quantized, "linear_dynamic", avx2_linear_dynamic)
+    assert not kernels.fbgemm_accumulates_exactly(reduce_range=False)
+    assert kernels.fbgemm_accumulates_exactly(reduce_range=True)
+
+
+@pytest.mark.parametrize("path", ["intmm", "int8pack", "int4pack"])
+def test_each_weight_kernel_check_catches_a_kernel_that_computes_wrongly(monkeypatch, path):
+    assert kernels._CHECKS[path]()  # the real kernel passes on this machine
+    op = {"intmm": (torch, "_int_mm"), "int8pack": (torch.ops.aten, "_weight_int8pack_mm"),
+          "int4pack": (torch.ops.aten, "_weight_int4pack_mm_for_cpu")}[path]
+    real = getattr(*op)
+    if path == "intmm":  # int16 accumulation, as a narrow kernel would do
+        broken = lambda a, b: real(a, b).clamp(-(2**15), 2**15 - 1)  # noqa: E731
+    else:  # dropped the last input channel block
+        broken = lambda x, *args: real(torch.cat([x[:, :-32], 0 * x[:, -32:]], 1), *args)  # noqa: E731
+    monkeypatch.setattr(*op, broken)
+    assert not kernels._CHECKS[path]()
+
+
+def test_a_layer_asking_for_fbgemm_where_8_bits_are_distrusted_computes_with_7(monkeypatch):
+    """What an AVX2-only machine does (its check fails), forced here on any CPU."""
+    monkeypatch.setenv(kernels.DISTRUST_ENV, "fbgemm-u8")
+    layer = Int8Linear.from_linear(a_linear(48, 96))
+    assert layer.kernel == "fbgemm-u7" and layer.reduce_range
+    assert kernels.fbgemm_reduce_range() is True
+    monkeypatch.setenv(kernels.DISTRUST_ENV, "fbgemm-u8,fbgemm-u7")
+    assert kernels.fbgemm_reduce_range() is None
+    monkeypatch.setenv(kernels.DISTRUST_ENV, "fbgemm-u9")
+    with pytest.raises(ValueError, match="unknown kernels"):
+        kernels.is_exact("intmm")
 
 
 def test_intmm_equals_its_per_row_reference_whatever_the_batch():
@@ -109,10 +188,8 @@ def test_intmm_equals_its_per_row_reference_whatever_the_batch():
     assert all(torch.equal(layer(x[i : i + 1])[0], y[i]) for i in range(6))
 
 
-def test_without_fbgemm_the_layer_falls_back_to_intmm(monkeypatch):
-    import biogpt.quantize as quantize
-
-    monkeypatch.setattr(quantize, "_fbgemm_pack", lambda *args: None)
+def test_without_a_correct_fbgemm_the_layer_falls_back_to_intmm(monkeypatch):
+    monkeypatch.setenv(kernels.DISTRUST_ENV, "fbgemm-u8,fbgemm-u7")
     linear = a_linear(16, 96)
     layer = Int8Linear.from_linear(linear)
     assert layer.kernel == "intmm"
@@ -190,7 +267,8 @@ class Emulated(nn.Module):
             y = (x.bfloat16().float() @ self.weight.T).bfloat16().float()
         else:
             flat = x.reshape(-1, x.shape[-1])
-            flat = dynamic_uint8(flat) if DEFAULT_INT8 == "fbgemm" else per_row_int8(flat)
+            levels = {"fbgemm-u8": 255, "fbgemm-u7": 127}.get(DEFAULT_INT8)
+            flat = dynamic_uint8(flat, levels) if levels else per_row_int8(flat)
             y = (flat @ self.weight.T).view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
@@ -372,20 +450,31 @@ def choice_agreement(model, bundled) -> float:
     return same / total
 
 
-@pytest.mark.parametrize("variant", ["int8", "bf16"])
-def test_bundled_lm_quality_within_issue_bounds(bundled, variant):
-    """Greedy choices agree with fp32 on >= 95% of 20 prompts x 64 tokens; perplexity within 1%.
+# Free-running agreement with fp32's greedy text (64 tokens from 20 titles), measured per path:
+# on an AVX2-only EPYC fbgemm-u7 78.0%, int8pack 70.6%; on an AVX-512 VNNI EPYC (dev VM) see the
+# README. A saturating fbgemm gave 36% there and int4 gives 31%: 60% separates broken kernels from
+# correct ones on both machines. It is a guard, not the quality bound (see the docstring below).
+FREE_RUNNING_GUARD = 0.60
+
+
+@pytest.mark.parametrize("variant", ["fbgemm-u8", "fbgemm-u7", "intmm", "int8pack", "bf16"])
+def test_bundled_lm_quality_within_issue_bounds(bundled, monkeypatch, variant):
+    """Every int8 path, forced through the user's path (from_pretrained(quantize="int8") with the
+    faster paths distrusted), and bf16: greedy choices agree with fp32 on >= 95% of 20 prompts x
+    64 tokens; perplexity within 1%.
 
     Agreement is counted per choice, each made on fp32's text so far: one flipped near-tie
     otherwise rewrites the rest of its sequence (fp32's top two logits are within 0.01 at 8 of
     its 1,280 steps), and free-running agreement then measures where near-ties fall:
     transformers' own bf16 keeps 81% that way, int8-grid weights with exact fp32 math 91%
-    (bench/bench_quality.py). Free-running int8 is guarded below, loosely.
+    (bench/bench_quality.py). Free-running int8 is guarded too, loosely (FREE_RUNNING_GUARD).
     """
-    if variant == "int8":
-        model = BioGptForCausalLM.from_pretrained(BUNDLED_LM, quantize="int8")
-    else:
+    if variant == "bf16":
         model = BioGptForCausalLM.from_pretrained(BUNDLED_LM, dtype=torch.bfloat16)
+    else:
+        force_int8_path(monkeypatch, variant)
+        model = BioGptForCausalLM.from_pretrained(BUNDLED_LM, quantize="int8")
+        assert {m.kernel for m in model.modules() if isinstance(m, Int8Linear)} == {variant}
     agreement = choice_agreement(model, bundled)
     assert agreement >= 0.95, f"{variant}: {agreement:.2%} of greedy choices agree with fp32"
     tokenizer, abstracts = bundled["tokenizer"], bundled["abstracts"]
@@ -393,8 +482,15 @@ def test_bundled_lm_quality_within_issue_bounds(bundled, variant):
     ours = perplexity(model, tokenizer, abstracts)["perplexity"]
     assert abs(ours / base - 1) <= 0.01, f"{variant}: perplexity {ours:.2f} vs fp32 {base:.2f}"
 
-    if variant == "int8":
+    if variant != "bf16":
         free = [greedy_continuation(model, ids) for ids in bundled["prompts"]]
         same = sum(int((a == b).sum()) for a, b in zip(free, bundled["continuations"])) / (20 * 64)
-        # A guard against a broken kernel (int4 scores 31%), not issue 7's bound: see the docstring.
-        assert same >= 0.80, f"free-running int8 agrees with fp32 on {same:.2%} of new tokens (measured 87-91%, bf16 81%)"
+        print(f"{variant}: per choice {agreement:.2%}, free-running {same:.2%}, perplexity {ours / base - 1:+.2%}")
+        assert same >= FREE_RUNNING_GUARD, f"free-running {variant} agrees with fp32 on {same:.2%} of new tokens"
+
+
+def test_where_the_int4_kernel_fails_its_check_every_layer_is_int8(small_checkpoints, monkeypatch):
+    monkeypatch.setenv(kernels.DISTRUST_ENV, "int4pack")
+    model = BioGptForCausalLM.from_pretrained(small_checkpoints[BioGptForCausalLM], quantize="int4")
+    layers = [m for m in model.modules() if isinstance(m, (Int8Linear, Int4Linear))]
+    assert layers and all(type(m) is Int8Linear for m in layers)
