@@ -17,8 +17,11 @@ never cut silently.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import json
 import math
+import os
 import re
 import secrets
 import threading
@@ -54,6 +57,10 @@ PUBMEDQA_ANSWERS = ("yes", "no", "maybe")
 # BioGPT's PubMedQA fine-tuning target (microsoft/BioGPT, examples/QA-PubMedQA/rebuild_data.py).
 PUBMEDQA_LEAD = "the answer to the question given the context is"
 ZERO_SHOT_TEMPLATE = "{text} This text is about {label}."
+# A guide only, for caps stated in characters: BioGPT's tokens average about 5 characters of
+# PubMed text (4.8 on the bundled examples); the caps themselves are counted in tokens.
+CHARS_PER_TOKEN = 5
+MAX_TEXT_PLACEHOLDERS = 4  # {text} in a zero-shot template; one is the rule, a few leave room for style
 NER_AGGREGATIONS = ("auto", "first", "last", "average", "max")
 DECODING_MODES = ("greedy", "sampling", "beam search")
 
@@ -155,6 +162,8 @@ class LoadedModel:
     studio: dict[str, Any] = field(default_factory=dict)  # config.json's "biogpt_studio" block
     quantization: str | None = None  # from_pretrained's quantize= mode, e.g. "int8"
     batcher: Any = None  # a biogpt.batching.DecodeBatcher for language models when batching is on
+    weight_bytes: int = 0  # what its weights hold in memory, as counted against the engine's budget
+    note: str = ""  # a warning the UI shows with every result (e.g. a dtype that is slow on this CPU)
     _surfaces: dict[int, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -163,7 +172,8 @@ class LoadedModel:
 
     def describe(self) -> str:
         weights = f" · {self.quantization} weights" if self.quantization else ""
-        return f"{self.name} · {self.device} · {self.dtype}{weights}"
+        note = " (emulated on this CPU: slow)" if self.note else ""
+        return f"{self.name} · {self.device} · {self.dtype}{note}{weights}"
 
     def surface(self, token_id: int) -> str:
         """How one token reads in decoded text (Moses escapes undone, word-end marker dropped)."""
@@ -281,7 +291,7 @@ class GenerationRequest:
     no_repeat_ngram_size: int = 3
     num_beams: int = 4
     num_return_sequences: int = 1
-    seed: int | None = None  # None or negative: draw one (and report it)
+    seed: int | None = None  # None or -1: draw one (and report it); else 0 to MAX_SEED
     stop: list[str] = field(default_factory=list)
 
     def decoding_kwargs(self, limits: Limits) -> dict[str, Any]:
@@ -384,7 +394,12 @@ class Engine:
         limits: Limits | None = None,
         quantize: str | None = None,
         batching: bool = True,
+        model_memory_gb: float | None = None,
+        analysis_cache_bytes: int | None = None,
     ) -> None:
+        """`model_memory_gb` bounds the bytes of the loaded models' weights together (default:
+        half the machine's RAM, or of the GPU's memory); `analysis_cache_bytes` bounds the
+        Attention tab's cached analyses (default: interpret.DEFAULT_CACHE_BYTES)."""
         if device not in ("auto", "cpu", "cuda", "mps") and not str(device).startswith("cuda:"):
             raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda or mps.")
         if dtype not in ("auto", "float32", "float16", "bfloat16"):
@@ -399,6 +414,11 @@ class Engine:
         self.requested_dtype = dtype
         self.limits = limits or Limits()
         self.max_loaded_models = max(1, int(max_loaded_models))
+        if model_memory_gb is not None and not (isinstance(model_memory_gb, (int, float)) and 0 < model_memory_gb < math.inf):
+            raise ValueError(f"The model memory budget must be a positive number of GB, got {model_memory_gb!r}.")
+        self._model_memory = None if model_memory_gb is None else int(model_memory_gb * 2**30)
+        self._reserved_bytes = 0  # weights of models being loaded right now, already made room for
+        self.analysis_cache_bytes = analysis_cache_bytes
         # The operator's models come first after the bundled ones; nothing else can be loaded.
         extra = [self.default_model, *map(str, allowed_models)]
         self.operator_models = [m for m in dict.fromkeys(extra) if m not in BUNDLED_FOR_TASK.values() and m not in HUB_MODELS]
@@ -436,7 +456,37 @@ class Engine:
     def dtype(self) -> str:
         if self._dtype is None:
             self._dtype = _resolve_dtype(self.requested_dtype, self.device)
+            if self.dtype_note:
+                import logging
+
+                logging.getLogger(__name__).warning("%s", self.dtype_note)
         return self._dtype
+
+    @property
+    def dtype_note(self) -> str:
+        """A warning to show beside the dtype when it runs badly here ("" when it does not).
+
+        bf16 stays allowed on CPUs without bf16 instructions (a user may insist), but it is
+        emulated there and prefills about 5x slower than float32, so the header and every result say so.
+        """
+        from .cpu import fast_bf16
+
+        if self._dtype == "bfloat16" and self.device == "cpu" and not fast_bf16():
+            return ("bfloat16 is emulated on this CPU (no AVX-512 bf16 or AMX): it reads prompts about 5x "
+                    "slower than float32, so --dtype float32 is faster here.")
+        return ""
+
+    @property
+    def model_memory_bytes(self) -> int:
+        """The bytes all loaded models' weights may take together."""
+        if self._model_memory is None:
+            self._model_memory = _default_model_memory(self.device)
+        return self._model_memory
+
+    def loaded_bytes(self) -> int:
+        """Bytes of weights the loaded models hold (as counted for the memory budget)."""
+        with self._registry_lock:
+            return sum(m.weight_bytes for m in self._models.values())
 
     def loaded_models(self) -> list[str]:
         with self._registry_lock:
@@ -463,14 +513,60 @@ class Engine:
                 if key in self._models:  # another request loaded it while this one waited
                     self._models.move_to_end(key)
                     return self._models[key]
-            loaded = self._load(name, task, progress)
+            need = self._weights_needed(name, task, progress)
+            self._make_room(name, need)
+            try:
+                loaded = self._load(name, task, progress)
+            finally:
+                with self._registry_lock:
+                    self._reserved_bytes -= need
+            loaded.weight_bytes = max(need, _module_bytes(loaded.model))
             with self._registry_lock:
                 self._models[key] = loaded
-                while len(self._models) > self.max_loaded_models:
-                    _, evicted = self._models.popitem(last=False)  # requests holding it finish normally
-                    if evicted.batcher is not None:
-                        evicted.batcher.close()
+                self._evict(keep=1)
             return loaded
+
+    def _weights_needed(self, name: str, task: str, progress: ProgressCallback | None) -> int:
+        """The bytes the checkpoint's weights will take here, from its config.json alone."""
+        import torch
+
+        from .config import BioGptConfig
+        from .loading import resolve_model_dir, weight_bytes_estimate
+
+        (progress or (lambda fraction, message: None))(0.02, f"Reading the configuration of {name}")
+        config_dir = resolve_model_dir(name, ["config.json"])  # hub models: only this small file so far
+        try:
+            config = BioGptConfig.from_dict(json.loads((config_dir / "config.json").read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise InputError(f"{name} has no readable config.json ({type(error).__name__}), so it cannot be loaded.") from None
+        dtype = torch.float16 if self.quantize in ("8bit", "4bit") and self.dtype == "float32" else getattr(torch, self.dtype)
+        head = {"generate": "lm", "ner": "token", "classify": "sequence"}[task]
+        return weight_bytes_estimate(config, head, dtype, self.quantize)
+
+    def _make_room(self, name: str, need: int) -> None:
+        """Refuse a model that alone exceeds the memory budget; else drop least recently used
+        models until it fits beside the others (and beside loads in progress)."""
+        budget = self.model_memory_bytes
+        if need > budget:
+            raise InputError(
+                f"{name} needs about {need / 2**30:.1f} GB for its weights in {self.quantize or self.dtype}, more than "
+                f"this server's model memory of {budget / 2**30:.1f} GB; pick a smaller model (the operator can raise --model-memory-gb)."
+            )
+        with self._registry_lock:
+            self._reserved_bytes += need
+            self._evict(keep=0)
+
+    def _evict(self, keep: int) -> None:
+        """Drop least recently used models (never the `keep` newest) while the count or the bytes
+        are over their bounds. Call with the registry lock held."""
+        def over() -> bool:
+            held = sum(m.weight_bytes for m in self._models.values()) + self._reserved_bytes
+            return len(self._models) > self.max_loaded_models or held > self.model_memory_bytes
+
+        while len(self._models) > keep and over():
+            _, evicted = self._models.popitem(last=False)  # requests holding it finish normally
+            if evicted.batcher is not None:
+                evicted.batcher.close()
 
     def preload(self, names_and_tasks: list[tuple[str, str]]) -> threading.Thread:
         """Load models in a background thread so the first visitor does not wait; errors are logged."""
@@ -528,6 +624,7 @@ class Engine:
             studio=dict(model.config.extra.get("biogpt_studio") or {}),
             quantization=model.quantization,
             batcher=batcher,
+            note=self.dtype_note,
         )
 
     def _tokenizer_for(self, folder: Path, vocab_size: int):
@@ -536,6 +633,7 @@ class Engine:
         Tokenizers are shared between models with identical files (the bundled models all carry
         a copy of the same one).
         """
+        from .loading import shown_name
         from .tokenizer import BioGptTokenizer
 
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
@@ -544,7 +642,7 @@ class Engine:
         elif vocab_size in TOKENIZER_BY_VOCAB:
             digest = source = TOKENIZER_BY_VOCAB[vocab_size]
         else:
-            raise InputError(f"{folder} has no tokenizer files (vocab.json, merges.txt) and no bundled tokenizer has {vocab_size} tokens.")
+            raise InputError(f"{shown_name(folder)} has no tokenizer files (vocab.json, merges.txt) and no bundled tokenizer has {vocab_size} tokens.")
         with self._registry_lock:
             tokenizer = self._tokenizers.get(digest)
         if tokenizer is None:
@@ -841,9 +939,12 @@ class Engine:
             raise InputError("The template must contain both {text} and {label}, e.g. '{text} This text is about {label}.'")
         if template.index("{text}") > template.index("{label}"):
             raise InputError("In the template, {text} must come before {label}: the label is scored given the text.")
-        if isinstance(labels, str):
-            labels = [part.strip() for part in re.split(r"[,\n]", labels)]
-        labels = list(dict.fromkeys(_SURROGATES.sub("\ufffd", label.strip()) for label in labels if label and label.strip()))
+        # Each {text} copies the whole text into every candidate's prompt; a template that repeats
+        # it many times cost seconds of tokenising before the token cap refused it.
+        repeats = template.count("{text}")
+        if repeats > MAX_TEXT_PLACEHOLDERS:
+            raise InputError(f"The template uses {{text}} {repeats} times; at most {MAX_TEXT_PLACEHOLDERS} are allowed, as each copy of the text is scored again.")
+        labels = _candidate_labels(labels, self.limits)
         if len(labels) < 2:
             raise InputError("Give at least two candidate labels, separated by commas.")
         if len(labels) > self.limits.max_candidate_labels:
@@ -851,6 +952,7 @@ class Engine:
         if any(len(label) > self.limits.max_label_chars for label in labels):
             raise InputError(f"Each label may have at most {self.limits.max_label_chars} characters.")
         loaded = self.load(model, "generate", progress)
+        self._check_zero_shot_size(loaded, text, template, labels)
         started = time.perf_counter()
         before, after = template.split("{label}", 1)
         # str.replace, not str.format: braces in a visitor's text must stay text.
@@ -869,6 +971,24 @@ class Engine:
             scores=scores.astype(np.float32), elapsed=time.perf_counter() - started,
         )
 
+    def _check_zero_shot_size(self, loaded: LoadedModel, text: str, template: str, labels: list[str]) -> None:
+        """Refuse before any candidate is built when the filled template cannot fit the model.
+
+        The estimate adds the pieces' token counts (tokenising each once); tokenisation is nearly
+        additive, and the slack of a few tokens per piece keeps borderline prompts for the exact
+        check in `_score_continuations`.
+        """
+        count = lambda piece: len(loaded.tokenizer.encode(piece, add_special_tokens=False)) if piece.strip() else 0  # noqa: E731
+        repeats = template.count("{text}")
+        frame = template.replace("{text}", " ").replace("{label}", " ", 1)
+        estimate = repeats * count(text) + count(frame) + max(count(label) for label in labels)
+        slack = 4 * (repeats + 2)
+        if estimate - slack > loaded.max_positions:
+            raise InputError(
+                f"The filled template needs about {estimate:,} tokens but {loaded.name} reads at most "
+                f"{loaded.max_positions:,}; shorten the text or the template."
+            )
+
     # ----- attention (issue 6) ---------------------------------------------------------------
     # One forward with attentions and hidden states per (model, text), kept in a byte-bounded
     # cache; every view is derived from it in biogpt.interpret. These methods only delegate.
@@ -878,13 +998,28 @@ class Engine:
         if getattr(self, "_interpreter", None) is None:
             from .interpret import Interpreter
 
-            self._interpreter = Interpreter(lambda name: self.load(name, "generate"), self.default_choice("generate"))
+            sizes = {} if self.analysis_cache_bytes is None else {"max_bytes": int(self.analysis_cache_bytes)}
+            self._interpreter = Interpreter(lambda name: self.load(name, "generate"), self.default_choice("generate"), **sizes)
         return self._interpreter
 
     def analyze(self, text: str, model: str | None = None):
-        """The cached `interpret.Analysis` of `text` (runs the model only on a cache miss)."""
+        """The cached `interpret.Analysis` of `text` (runs the model only on a cache miss).
+
+        What the model can read is its positions, in tokens; a text over the character guard is
+        refused with that token cap too, so the two limits never disagree in what they say.
+        """
+        model = model or self.default_choice("generate")
+        if isinstance(text, str) and len(text) > self.limits.max_document_chars:
+            positions = self.load(model, "generate").max_positions
+            raise InputError(
+                f"The text has {len(text):,} characters; {model} reads at most {positions:,} tokens "
+                f"(about {positions * CHARS_PER_TOKEN:,} characters of English text), so shorten it."
+            )
         text = clean_text(text, "text", self.limits.max_document_chars)
-        return self.interpreter.analyze(text, model or self.default_choice("generate"))
+        try:
+            return self.interpreter.analyze(text, model)
+        except ValueError as error:  # interpret's refusals are sentences for the visitor
+            raise InputError(str(error)) from None
 
     def cached_analysis(self, text: str, model: str | None = None):
         """The analysis if it is cached, else None; never runs the model."""
@@ -930,6 +1065,36 @@ def _resolve_device(requested: str) -> str:
     return requested
 
 
+# Half of the memory: the rest is for the OS, activations, KV caches and cached analyses.
+MODEL_MEMORY_SHARE = 0.5
+
+
+def _default_model_memory(device: str) -> int:
+    """Bytes of weights to keep loaded: a share of the GPU's memory, or of the machine's RAM."""
+    if device.startswith("cuda"):
+        import torch
+
+        return int(MODEL_MEMORY_SHARE * torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            total = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemTotal:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: fall back to what sysconf reports
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 16 * 2**30
+    return int(MODEL_MEMORY_SHARE * total)
+
+
+def _module_bytes(module: Any) -> int:
+    """Bytes of a module's parameters and buffers, each storage once (tied weights count once)."""
+    storages: dict[int, int] = {}
+    for tensor in [*module.parameters(), *module.buffers()]:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
 def _resolve_dtype(requested: str, device: str) -> str:
     """"auto" is what runs well on the device: float32 on CPU (half precision is slow there),
     bfloat16 on GPUs that have it, else float16."""
@@ -944,11 +1109,74 @@ def _resolve_dtype(requested: str, device: str) -> str:
     return "float32"
 
 
+# torch's CPU generator (mt19937) keeps only the low 32 bits of a seed: 0, 2**32 and 2**40 draw
+# the same numbers. So seeds are exactly the 32-bit range, where every seed gives its own stream
+# on every device (CUDA's Philox would take 64 bits, but then a seed would mean two things).
+MAX_SEED = 2**32 - 1
+_SEED_RANGE = f"a whole number from 0 to {MAX_SEED:,} (or -1 for a random one)"
+
+
 def _seed(requested: Any) -> int:
+    """The seed to use: `requested` exactly, or a fresh one for None, "" and -1; anything that
+    cannot be that seed exactly (1.5, 2**53 + 1 as a float, 2**32) is refused, never rounded."""
     if requested is None or (isinstance(requested, str) and not requested.strip()):
-        return secrets.randbelow(2**31)
-    value = _number(requested, "Seed", -1, 2**63 - 1, whole=True)
-    return secrets.randbelow(2**31) if value < 0 else int(value)
+        return secrets.randbelow(MAX_SEED + 1)
+    value = requested
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > 24:  # also keeps int() away from huge digit strings
+            raise InputError(f"The seed must be {_SEED_RANGE}; {text[:12]}… is not.")
+        try:
+            value = int(text)
+        except ValueError:
+            try:
+                value = float(text)
+            except ValueError:
+                raise InputError(f"The seed must be {_SEED_RANGE}, got {text!r}.") from None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise InputError(f"The seed must be {_SEED_RANGE}, not {type(requested).__name__}.")
+    if isinstance(value, (float, np.floating)):
+        if not math.isfinite(value) or not float(value).is_integer():
+            raise InputError(f"The seed must be {_SEED_RANGE}, got {float(value)!r}.")
+        if abs(value) > 2**53:  # a float this large stands for many integers: which seed was meant is lost
+            raise InputError(f"The seed {float(value):.0f} arrived as a rounded decimal number; send {_SEED_RANGE} as an integer.")
+    value = int(value)
+    if value == -1:
+        return secrets.randbelow(MAX_SEED + 1)
+    if not 0 <= value <= MAX_SEED:
+        shown = f"{value:,}" if len(str(abs(value))) <= 30 else f"a {len(str(abs(value))):,}-digit number"
+        raise InputError(f"The seed must be {_SEED_RANGE}, got {shown}.")
+    return value
+
+
+def _candidate_labels(labels: Any, limits: Limits) -> list[str]:
+    """Zero-shot candidates from a comma/newline-separated string or a list of strings.
+
+    A REST client that sends a JSON list to the text box gets its Python spelling ("['a', 'b']");
+    that is read back as the list it was, not split into the labels "['a'" and "'b']".
+    """
+    if isinstance(labels, str):
+        text = labels.strip()
+        most = limits.max_candidate_labels * (limits.max_label_chars + 6)  # quotes, comma, space
+        if len(text) > most:
+            raise InputError(f"The candidate labels have {len(text):,} characters; at most {most:,} are read.")
+        parsed = None
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                parsed = ast.literal_eval(text)
+            except (ValueError, SyntaxError, MemoryError, RecursionError):
+                parsed = None
+        if isinstance(parsed, list) and all(isinstance(label, str) for label in parsed):
+            labels = parsed
+        else:
+            labels = [part.strip() for part in re.split(r"[,\n]", labels)]
+    elif isinstance(labels, (list, tuple)):
+        strange = next((label for label in labels if not isinstance(label, str)), None)
+        if strange is not None:
+            raise InputError(f"Each candidate label must be text, not {type(strange).__name__}.")
+    else:
+        raise InputError(f"The candidate labels must be text separated by commas or a list of texts, not {type(labels).__name__}.")
+    return list(dict.fromkeys(_SURROGATES.sub("\ufffd", label.strip()) for label in labels if label and label.strip()))
 
 
 def _common_prefix_length(a: list[int], b: list[int]) -> int:

@@ -40,6 +40,17 @@ SAFETENSORS_DTYPES = {
 }
 
 
+def shown_name(path: Path) -> str:
+    """A checkpoint file or folder as a visitor may see it: the model's name, never the server's
+    directory layout (a hub snapshot's folder is named after its repository, not its commit)."""
+    path = Path(path)
+    for part in reversed(path.parts):
+        if part.startswith("models--"):  # HF cache: .../models--org--name/snapshots/<commit>/<file>
+            repo = part.removeprefix("models--").replace("--", "/")
+            return f"{repo}/{path.name}" if path.suffix else repo
+    return f"{path.parent.name}/{path.name}" if path.suffix and path.parent.name else path.name
+
+
 def weight_files(folder: Path) -> list[Path]:
     """The checkpoint's weight files, safetensors preferred, shards in index order."""
     for single, index in ((SAFETENSORS_FILE, SAFETENSORS_INDEX), (TORCH_FILE, TORCH_INDEX)):
@@ -50,7 +61,7 @@ def weight_files(folder: Path) -> list[Path]:
                 shards = sorted(set(json.load(f)["weight_map"].values()))
             return [folder / shard for shard in shards]
     raise ModelNotAvailableError(
-        f"{folder} has no weights: expected {SAFETENSORS_FILE}, sharded safetensors or {TORCH_FILE}."
+        f"{shown_name(folder)} has no weights: expected {SAFETENSORS_FILE}, sharded safetensors or {TORCH_FILE}."
     )
 
 
@@ -68,7 +79,7 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str |
         data_start = 8 + header_size
         file_size = os.fstat(f.fileno()).st_size
         if header and data_start + max(info["data_offsets"][1] for info in header.values()) > file_size:
-            raise ValueError(f"{path} is truncated: its header describes more data than the file holds.")
+            raise ValueError(f"{shown_name(path)} is truncated: its header describes more data than the file holds.")
         if not header:
             return {}
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
@@ -107,6 +118,26 @@ def read_state_dict(folder: Path, dtype: torch.dtype | None = None, device: str 
                     tensor = tensor.to(dtype)
                 state[name] = tensor.to(device)
     return state
+
+
+# Bytes a weight takes once quantized at load (scales and packing add a little, left out: this
+# is a lower bound, so a model is never refused for memory it would not use).
+QUANTIZED_BYTES = {"int8": 1.0, "8bit": 1.0, "int4": 0.5, "4bit": 0.5}
+
+
+def weight_bytes_estimate(config: BioGptConfig, head: str, dtype: torch.dtype, quantize: str | None = None) -> int:
+    """Bytes the weights of `config` take in memory with `head` ("lm", "token" or "sequence"),
+    counted from the architecture (exact for our modules), before a byte is loaded."""
+    h, inner, layers = config.hidden_size, config.intermediate_size, config.num_hidden_layers
+    embeddings = config.vocab_size * h + (config.max_position_embeddings + 2) * h  # positions carry BioGPT's +2 offset
+    linear = layers * (4 * h * h + 2 * h * inner)
+    small = layers * (4 * h + inner + h + 4 * h) + 2 * h  # biases and layer norms
+    labels = config.num_labels
+    heads = {"lm": 0 if config.tie_word_embeddings else config.vocab_size * h,
+             "token": h * labels + labels, "sequence": h * labels}
+    size = torch.empty((), dtype=dtype).element_size()
+    linear_size = QUANTIZED_BYTES.get(quantize or "", size)
+    return int((embeddings + small + heads[head]) * size + linear * linear_size)
 
 
 def _resolve_dtype(dtype: Any, config: BioGptConfig) -> torch.dtype | None:
@@ -186,7 +217,7 @@ def load_pretrained(
     )
     if config is None:
         if not (folder / CONFIG_FILE).is_file():
-            raise ModelNotAvailableError(f"{folder} has no {CONFIG_FILE}; it is not a BioGPT checkpoint folder.")
+            raise ModelNotAvailableError(f"{shown_name(folder)} has no {CONFIG_FILE}; it is not a BioGPT checkpoint folder.")
         with open(folder / CONFIG_FILE, encoding="utf-8") as f:
             values = json.load(f)
         config = BioGptConfig.from_dict({**values, **config_overrides})
