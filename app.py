@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-batching", action="store_true",
                         help="decode each Generate request on its own instead of merging concurrent ones")
     parser.add_argument("--max-loaded-models", type=int, default=4, help="models kept in memory (least recently used go)")
+    parser.add_argument("--model-memory-gb", type=float, default=None,
+                        help="GB the loaded models' weights may take together (default: half the RAM, or of the GPU's "
+                             "memory); least recently used models go first, a model larger than this is refused")
     parser.add_argument("--no-preload", action="store_true", help="load models on first use only")
     return parser.parse_args(argv)
 
@@ -54,7 +57,8 @@ def build(args: argparse.Namespace):
 
     engine = Engine(default_model=args.model, device=args.device, dtype=args.dtype,
                     allowed_models=args.allow_model, max_loaded_models=args.max_loaded_models,
-                    quantize=None if args.quantize == "none" else args.quantize, batching=not args.no_batching)
+                    quantize=None if args.quantize == "none" else args.quantize, batching=not args.no_batching,
+                    model_memory_gb=args.model_memory_gb)
     demo = create_app(engine)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
     return engine, demo
