@@ -534,14 +534,15 @@ class Engine:
         from .loading import resolve_model_dir, weight_bytes_estimate
 
         (progress or (lambda fraction, message: None))(0.02, f"Reading the configuration of {name}")
-        config_dir = resolve_model_dir(name, ["config.json"])  # hub models: only this small file so far
+        config_file = resolve_model_dir(name, ["config.json"]) / "config.json"  # hub models: only this file so far
+        if not config_file.is_file():
+            return 0  # not a checkpoint: loading it says so
         try:
-            config = BioGptConfig.from_dict(json.loads((config_dir / "config.json").read_text(encoding="utf-8")))
+            config = BioGptConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise InputError(f"{name} has no readable config.json ({type(error).__name__}), so it cannot be loaded.") from None
-        dtype = torch.float16 if self.quantize in ("8bit", "4bit") and self.dtype == "float32" else getattr(torch, self.dtype)
+            raise InputError(f"{name}'s config.json cannot be read ({type(error).__name__}), so the model cannot be loaded.") from None
         head = {"generate": "lm", "ner": "token", "classify": "sequence"}[task]
-        return weight_bytes_estimate(config, head, dtype, self.quantize)
+        return weight_bytes_estimate(config, head, getattr(torch, self.dtype), self.quantize)
 
     def _make_room(self, name: str, need: int) -> None:
         """Refuse a model that alone exceeds the memory budget; else drop least recently used
