@@ -41,7 +41,7 @@ from typing import Iterator
 
 import torch
 
-from .generation import SamplingRun, _Step, resolve_settings
+from .generation import DecodingStopped, SamplingRun, _Step, resolve_settings
 from .model import GroupedKVCache, row_invariant_linears
 
 ROW_BLOCKS = (2, 4, 8, 16)
@@ -150,6 +150,9 @@ class DecodeBatcher:
                     self._incoming = []
                     active = [r for r in active if not r.cancelled]
                     prefilling = [r for r in prefilling if not r.cancelled]
+                # A request whose reader has gone (run.should_stop) ends here, before the next
+                # forward: at most the forward that was running when it left is spent on it.
+                active, prefilling = self._stopped_out(active), self._stopped_out(prefilling)
                 try:
                     self._prefill_some(prefilling, active)
                     ready = self._ready(active)
@@ -163,6 +166,21 @@ class DecodeBatcher:
                         if not request.run.done:
                             self._fail(request, error)
                     active, prefilling = [], []
+
+    def _stopped_out(self, requests: list[_Request]) -> list[_Request]:
+        kept = []
+        for request in requests:
+            stop = request.run.should_stop
+            try:
+                stopped = stop is not None and bool(stop())
+            except Exception as error:  # noqa: BLE001 - a broken check ends its own request only
+                self._fail(request, error)
+                continue
+            if stopped:
+                self._fail(request, DecodingStopped())
+            else:
+                kept.append(request)
+        return kept
 
     def _ready(self, active: list[_Request]) -> list[_Request]:
         """Requests whose readers keep up, as many as fit in max_rows (at least one)."""

@@ -464,6 +464,24 @@ def apply_processors(processors: list[Processor], ids: torch.Tensor, scores: tor
 
 
 # --------------------------------------------------------------------------------------------
+# Stopping work nobody waits for
+
+
+class DecodingStopped(Exception):
+    """Raised by a decoding loop whose `should_stop` said yes: its reader has gone (a closed
+    connection, a Stop button). Checked before every model call, so at most the call already
+    running when the reader left is finished after it."""
+
+    def __init__(self, message: str = "Decoding stopped: nobody is waiting for this result any more."):
+        super().__init__(message)
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise DecodingStopped()
+
+
+# --------------------------------------------------------------------------------------------
 # The two model calls
 
 
@@ -625,8 +643,11 @@ class SamplingRun:
     """
 
     def __init__(self, model, ids: torch.Tensor, mask: torch.Tensor | None, settings: GenerationSettings,
-                 tokenizer=None, track_text: bool = False, screen: bool = False, report: int = 0):
+                 tokenizer=None, track_text: bool = False, screen: bool = False, report: int = 0,
+                 should_stop: Callable[[], bool] | None = None):
         s = self.settings = settings
+        # Asked before every model call (here and in a batcher): True ends the run with DecodingStopped.
+        self.should_stop = should_stop
         self.rows, self.prompt_length = ids.shape
         self.prompt, self.mask = ids, mask
         self.sequences = _new_sequence_buffer(ids, s)  # [rows, prompt + max_new] ids, pad-filled
@@ -732,6 +753,7 @@ class SamplingRun:
     def steps(self, model) -> Iterator[_Step]:
         """Decode alone, one yield per new token. The model is called only when the next step is
         asked for, so a consumer that stops iterating stops the work at once."""
+        _check_stop(self.should_stop)
         with torch.inference_mode():
             logits = self.prefill(model)
         while True:
@@ -740,6 +762,7 @@ class SamplingRun:
             yield step
             if step.last:
                 return
+            _check_stop(self.should_stop)
             with torch.inference_mode():
                 logits = self.decode(model)
 
@@ -779,8 +802,11 @@ def _beam_search(
     settings: GenerationSettings,
     tokenizer=None,
     details_k: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> _BeamResult:
-    """`ids` already holds each prompt num_beams times (repeat_interleave), as in transformers."""
+    """`ids` already holds each prompt num_beams times (repeat_interleave), as in transformers.
+
+    `should_stop` is asked before every model call; when it says yes, DecodingStopped is raised."""
     s = settings
     num_beams, device = s.num_beams, ids.device
     flat_rows, prompt_length = ids.shape
@@ -821,12 +847,14 @@ def _beam_search(
         full_mask = mask.new_ones((flat_rows, max_length))
         full_mask[:, :prompt_length] = mask
         positions = mask.sum(dim=-1, keepdim=True) - 1
+    _check_stop(should_stop)
     logits = prefill(model, ids, mask, cache)
     flat_running = ids
     length = prompt_length
 
     while True:
         if length > prompt_length:
+            _check_stop(should_stop)
             flat_running = running_sequences[:, :, :length].reshape(flat_rows, length)
             if positions is not None:
                 positions = positions + 1
@@ -1030,7 +1058,8 @@ def _encode_prompts(tokenizer, prompts, pad_token_id: int):
 
 
 def generate_detailed(
-    model, tokenizer, prompts, attention_mask=None, alternatives: int = 5, batcher=None, **kwargs: Any
+    model, tokenizer, prompts, attention_mask=None, alternatives: int = 5, batcher=None,
+    should_stop: Callable[[], bool] | None = None, **kwargs: Any
 ) -> list[GeneratedSequence]:
     """Generate and return, per output sequence, its text, tokens, log-probabilities, the
     `alternatives` most likely candidates at each step and why it ended.
@@ -1039,6 +1068,8 @@ def generate_detailed(
     `attention_mask` for padded batches). Outputs come in transformers' order: for each prompt,
     its num_return_sequences sequences. A `batcher` (biogpt.batching.DecodeBatcher of this
     model) decodes greedy and sampling requests together with other requests' rows.
+    `should_stop` is asked before every model call (beam search included); when it says yes,
+    DecodingStopped is raised and no further model call is made for this request.
     """
     if isinstance(prompts, str) or (isinstance(prompts, (list, tuple)) and prompts and isinstance(prompts[0], str)):
         pad = kwargs.get("pad_token_id") if kwargs.get("pad_token_id") is not None else model.config.pad_token_id
@@ -1052,7 +1083,7 @@ def generate_detailed(
 
     if settings.num_beams > 1:
         with torch.inference_mode():
-            beam = _beam_search(model, ids, mask, settings, tokenizer, details_k=k)
+            beam = _beam_search(model, ids, mask, settings, tokenizer, details_k=k, should_stop=should_stop)
         for row in range(beam.sequences.shape[0]):
             new_ids = beam.sequences[row, prompt_length:].tolist()
             length = int((beam.beam_indices[row] >= 0).sum())
@@ -1067,7 +1098,7 @@ def generate_detailed(
             ))
         return results
 
-    run = SamplingRun(model, ids, mask, settings, tokenizer, report=k)
+    run = SamplingRun(model, ids, mask, settings, tokenizer, report=k, should_stop=should_stop)
     rows = ids.shape[0]
     logprobs: list[list[float]] = [[] for _ in range(rows)]
     tops: list[list[tuple[list[float], list[int]]]] = [[] for _ in range(rows)]
@@ -1104,14 +1135,16 @@ def _finish_sequence(tokenizer, settings, new_ids, logprobs, alternatives_per_st
     return GeneratedSequence(text, new_ids, logprobs, alternatives_per_step, reason, prompt_index, beam_score)
 
 
-def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, batcher=None, **kwargs: Any) -> Iterator[StreamEvent]:
+def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, batcher=None,
+           should_stop: Callable[[], bool] | None = None, **kwargs: Any) -> Iterator[StreamEvent]:
     """Yield one StreamEvent per new token of a single prompt (greedy or sampling).
 
     Each event's `text` is the part of the continuation that no later token can change; the
     last event flushes the rest, so the deltas joined equal the final text (the continuation
     only, `decode(new_ids, skip_special_tokens=True)`, cut before a stop string). Closing the
     generator (or breaking out of the loop) stops the model calls at once (with a `batcher`, as
-    in generate_detailed, within the few steps it may have computed ahead).
+    in generate_detailed, within the few steps it may have computed ahead). `should_stop`, asked
+    before every model call, ends the stream with DecodingStopped when it says yes.
     """
     if isinstance(prompt_or_ids, str):
         ids = torch.tensor([list(tokenizer.encode(prompt_or_ids))], dtype=torch.long)
@@ -1124,16 +1157,16 @@ def stream(model, tokenizer, prompt_or_ids, alternatives: int = 5, batcher=None,
     if settings.num_beams > 1 or settings.num_return_sequences > 1:
         raise ValueError("Streaming shows one sequence as it grows: use num_beams=1 and num_return_sequences=1.")
     k = max(int(alternatives), 1)
-    return _stream_events(model, tokenizer, ids, mask, settings, k, batcher)
+    return _stream_events(model, tokenizer, ids, mask, settings, k, batcher, should_stop)
 
 
 def _decode_steps(model, run: SamplingRun, batcher) -> Iterator[_Step]:
     return run.steps(model) if batcher is None else batcher.steps(run)
 
 
-def _stream_events(model, tokenizer, ids, mask, settings, k, batcher) -> Iterator[StreamEvent]:
+def _stream_events(model, tokenizer, ids, mask, settings, k, batcher, should_stop=None) -> Iterator[StreamEvent]:
     # A separate generator so that stream()'s argument checks raise when called, not on first next().
-    run = SamplingRun(model, ids, mask, settings, tokenizer, track_text=True, report=k)
+    run = SamplingRun(model, ids, mask, settings, tokenizer, track_text=True, report=k, should_stop=should_stop)
     steps = _decode_steps(model, run, batcher)
     token_texts = _TokenTexts(tokenizer)
     hold_back, emitted = run.texts[0].hold_back, 0
@@ -1157,6 +1190,7 @@ def _stream_events(model, tokenizer, ids, mask, settings, k, batcher) -> Iterato
 
 
 __all__ = [
+    "DecodingStopped",
     "GeneratedSequence",
     "GenerationSettings",
     "StreamEvent",

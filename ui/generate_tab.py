@@ -8,8 +8,10 @@ import time
 import gradio as gr
 
 from biogpt.engine import DECODING_MODES, Engine, GenerationRequest, parse_stop_strings
+from biogpt.generation import DecodingStopped
 
 from . import plots, views
+from .admission import reader_gone
 from .common import PRIVATE, friendly_errors, load_examples, model_dropdown, progress_reporter
 
 # Each preset sets the decoding controls; the visitor can change any of them afterwards.
@@ -26,6 +28,14 @@ RENDER_EVERY = 0.12  # seconds between streamed repaints: smooth, without resend
 # Generate requests on one model share each decoding forward (biogpt.batching), so more of them
 # may run at once than --concurrency allows the other tabs.
 BATCHED_CONCURRENCY = 8
+
+
+def generate_concurrency(engine: Engine) -> int | str:
+    """Generate's slots: BATCHED_CONCURRENCY streams, plus room for the beam searches the engine
+    runs or lets wait (they wait inside a slot), so waiting beam searches never take the streams' slots."""
+    if not engine.batching:
+        return "default"
+    return BATCHED_CONCURRENCY + engine.limits.max_parallel_beam_searches + engine.max_waiting_beam_searches
 
 
 def build_generate_tab(engine: Engine) -> None:
@@ -112,8 +122,9 @@ def build_generate_tab(engine: Engine) -> None:
 
     @friendly_errors
     def generate(prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
-                 no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop, progress=gr.Progress(track_tqdm=True)):
-        request = GenerationRequest(
+                 no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop, progress=gr.Progress(track_tqdm=True),
+                 request: gr.Request = None):
+        generation_request = GenerationRequest(
             prompt=prompt, model=model, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
             top_k=top_k, top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
             no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
@@ -121,23 +132,28 @@ def build_generate_tab(engine: Engine) -> None:
             stop=parse_stop_strings(stop),
         )
         last_paint = 0.0
-        for result in engine.generate(request, progress=progress_reporter(progress)):
-            if not result.finished and time.monotonic() - last_paint < RENDER_EVERY:
-                continue
-            last_paint = time.monotonic()
-            first = result.samples[0].text
-            if not result.finished:
-                yield first, views.generation_html(result), views.generation_info(result), gr.skip(), gr.skip()
-            else:
-                yield (first, views.generation_html(result), views.generation_info(result),
-                       views.token_rows(result), views.generation_json(result))
+        # The visitor's connection closing (or Stop) ends the decoding at its next model call.
+        results = engine.generate(generation_request, progress=progress_reporter(progress), should_stop=reader_gone(request))
+        try:
+            for result in results:
+                if not result.finished and time.monotonic() - last_paint < RENDER_EVERY:
+                    continue
+                last_paint = time.monotonic()
+                first = result.samples[0].text
+                if not result.finished:
+                    yield first, views.generation_html(result), views.generation_info(result), gr.skip(), gr.skip()
+                else:
+                    yield (first, views.generation_html(result), views.generation_info(result),
+                           views.token_rows(result), views.generation_json(result))
+        except DecodingStopped:
+            return  # nobody is reading
 
     generation = gr.on(
         [run.click, prompt.submit], generate,
         inputs=[prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
                 no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop_strings],
         outputs=[output, tokens, info, table, raw], api_name="generate",
-        concurrency_limit=BATCHED_CONCURRENCY if engine.batching else "default",
+        concurrency_limit=generate_concurrency(engine),
         api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
                         "a table of token probabilities and the full result as JSON (settings and seed included).",
     )

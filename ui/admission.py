@@ -1,0 +1,253 @@
+"""Admission control: no visitor can fill the queue, and no tab can starve the others.
+
+Gradio's queue has one `max_size` for all events together, so 60 Generate requests from one
+client filled it and Classify, NER and everybody else's Generate got "Queue is full". Here:
+
+- Gradio's global cap is lifted (`demo.queue(max_size=None)`) and each tab (Gradio concurrency
+  group: Generate, PubMedQA, NER, Classify, zero-shot, Attention, ...) gets its own waiting room
+  of `waiting_per_tab` requests.
+- Each visitor, keyed by client address, may have at most `per_visitor` requests queued or
+  running over all tabs, and `per_visitor_per_tab` in any one tab.
+
+The client address is the one Gradio's own `gr.Request.client.host` reports: uvicorn rewrites it
+from X-Forwarded-For only when the connection comes from a trusted proxy (`FORWARDED_ALLOW_IPS`,
+127.0.0.1 by default), so a visitor cannot pick it. On a Hugging Face Space (SPACE_ID is set) the
+connection comes from the Space's proxy on a private address, which uvicorn does not trust, so
+`client.host` is the proxy's; there the key is the right-most public address of X-Forwarded-For,
+the one the proxy itself appended (entries to its left are whatever the client sent). The
+session hash is chosen by the client and is not used.
+
+The counts come from Gradio's queue itself: an event counts from the moment its join is admitted
+until the queue drops it (finished, failed, cancelled, or removed because its client left), so
+nothing here can drift. A refused join gets HTTP 429 and one sentence, which the browser shows
+as an error toast (gradio_client raises an HTTP error carrying it).
+
+`reader_gone(request)` gives an event handler a check for "the visitor who sent this has gone"
+(closed the page or the connection, or pressed Stop), so that decoding stops at the next model
+call instead of running to the end for nobody.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+API_PREFIX = "/gradio_api"
+# POST routes that put an event in the queue: the browser's and gradio_client's join, and the REST /call routes.
+_JOIN = re.compile(rf"^{API_PREFIX}/(?:queue/join|call/(?:v2/)?(?P<api_name>[^/]+))/?$")
+MAX_JOIN_BODY = 16 * 1024 * 1024  # bytes read to find the event; the app's own input caps are far smaller
+
+
+def client_address(scope) -> str:
+    """The visitor's address for a request's ASGI scope (see the module docstring)."""
+    host = (scope.get("client") or ("?", 0))[0]
+    if not os.environ.get("SPACE_ID") or not _private(host):
+        return host
+    forwarded = [value.decode("latin-1") for name, value in scope.get("headers", []) if name == b"x-forwarded-for"]
+    for entry in reversed(",".join(forwarded).split(",")):
+        entry = entry.strip()
+        if entry and not _private(entry):
+            return entry
+    return host
+
+
+def _private(address: str) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return parsed.is_private or parsed.is_loopback
+
+
+@dataclass(frozen=True)
+class AdmissionLimits:
+    per_visitor: int = 6  # requests queued or running per client address, all tabs together
+    per_visitor_per_tab: int = 2  # the same, in any one tab (concurrency group)
+    waiting_per_tab: int = 32  # requests waiting (not yet running) in one tab, all visitors together
+
+
+class Admission:
+    """The decisions; `middleware` applies them to the app's HTTP requests."""
+
+    def __init__(self, demo, limits: AdmissionLimits | None = None):
+        self.demo = demo
+        self.limits = limits or AdmissionLimits()
+        self.refused = Counter()  # reason -> count, for tests and logs
+        # Joins admitted and not yet handed to the queue: (host, group) -> count.
+        self._joining: Counter = Counter()
+
+    # ----- what the queue holds ------------------------------------------------------------
+
+    def _queue(self):
+        return getattr(self.demo, "_queue", None)
+
+    def _fn(self, fn_index: Any = None, api_name: str | None = None):
+        fns = getattr(self.demo, "fns", {}) or {}
+        if api_name is not None:
+            return next((fn for fn in fns.values() if getattr(fn, "api_name", None) == api_name), None)
+        if isinstance(fn_index, int) and not isinstance(fn_index, bool):
+            return fns.get(fn_index)
+        return None
+
+    def held(self, host: str) -> Counter:
+        """Concurrency group -> this visitor's events queued or running (plus joins being admitted)."""
+        counts: Counter = Counter()
+        queue = self._queue()
+        events = list(getattr(queue, "event_ids_to_events", {}).values()) if queue is not None else []
+        for event in events:
+            scope = getattr(getattr(event, "request", None), "scope", None)
+            if scope is not None and client_address(scope) == host:
+                counts[event.concurrency_id] += 1
+        for (joining_host, group), count in self._joining.items():
+            if joining_host == host:
+                counts[group] += count
+        return counts
+
+    def waiting(self, group: str) -> int:
+        queue = self._queue()
+        room = getattr(queue, "event_queue_per_concurrency_id", {}).get(group) if queue is not None else None
+        joining = sum(count for (_, g), count in self._joining.items() if g == group)
+        return (len(room.queue) if room is not None else 0) + joining
+
+    @staticmethod
+    def tab_name(fn) -> str:
+        name = str(getattr(fn, "api_name", "") or "this").replace("_", " ")
+        return {"ner": "NER", "pubmedqa": "PubMedQA", "zero shot": "zero-shot"}.get(name, name.capitalize() if name.islower() else name)
+
+    # ----- the decision ------------------------------------------------------------------------
+
+    def refusal(self, host: str, fn) -> str | None:
+        """One sentence when this visitor may not add an event of `fn` now; None to admit it."""
+        group = fn.concurrency_id
+        held = self.held(host)
+        total = sum(held.values())
+        if total >= self.limits.per_visitor:
+            self.refused["visitor"] += 1
+            return f"You already have {total} requests waiting; wait for them to finish."
+        if held[group] >= self.limits.per_visitor_per_tab:
+            self.refused["visitor-tab"] += 1
+            return (f"You already have {held[group]} {self.tab_name(fn)} requests waiting; "
+                    "wait for them to finish.")
+        waiting = self.waiting(group)
+        if waiting >= self.limits.waiting_per_tab:
+            self.refused["tab"] += 1
+            return f"{waiting} {self.tab_name(fn)} requests are waiting already, the most this server queues; try again in a minute."
+        return None
+
+    # ----- the ASGI side -----------------------------------------------------------------------
+
+    def middleware(self, app):
+        return _AdmissionMiddleware(app, self)
+
+
+class _AdmissionMiddleware:
+    def __init__(self, app, admission: Admission):
+        self.app = app
+        self.admission = admission
+
+    async def __call__(self, scope, receive, send):
+        match = _JOIN.match(scope.get("path", "")) if scope["type"] == "http" and scope.get("method") == "POST" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        body, more = b"", True
+        messages = []
+        while more:
+            message = await receive()
+            messages.append(message)
+            if message["type"] != "http.request":
+                break
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_JOIN_BODY:
+                await _answer(send, 413, f"The request has more than {MAX_JOIN_BODY // 2**20} MB; send less text.")
+                return
+        fn = None
+        api_name = match.group("api_name")
+        if api_name is not None:
+            fn = self.admission._fn(api_name=api_name)
+        else:
+            try:
+                fn = self.admission._fn(fn_index=json.loads(body).get("fn_index"))
+            except (ValueError, AttributeError):
+                fn = None  # Gradio answers a malformed join itself
+        host = client_address(scope)
+        key = None
+        if fn is not None and getattr(fn, "queue", True):
+            sentence = self.admission.refusal(host, fn)
+            if sentence is not None:
+                await _answer(send, 429, sentence)
+                return
+            key = (host, fn.concurrency_id)
+            self.admission._joining[key] += 1
+
+        replay = iter(messages)
+
+        async def receive_again():
+            try:
+                return next(replay)
+            except StopIteration:
+                return await receive()
+
+        try:
+            await self.app(scope, receive_again, send)
+        finally:
+            if key is not None:
+                self.admission._joining[key] -= 1
+                if self.admission._joining[key] <= 0:
+                    del self.admission._joining[key]
+
+
+async def _answer(send, status: int, sentence: str) -> None:
+    payload = json.dumps({"detail": sentence, "error": sentence}).encode("utf-8")
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def install(demo, limits: AdmissionLimits | None = None) -> Admission:
+    """Put admission control in front of `demo`'s queue: its `launch()` adds the middleware."""
+    from starlette.middleware import Middleware
+
+    admission = Admission(demo, limits)
+    launch = demo.launch
+
+    @functools.wraps(launch)
+    def launch_with_admission(*args, app_kwargs: dict | None = None, **kwargs):
+        app_kwargs = dict(app_kwargs or {})
+        app_kwargs["middleware"] = [*app_kwargs.get("middleware", []), Middleware(_AdmissionMiddleware, admission=admission)]
+        return launch(*args, app_kwargs=app_kwargs, **kwargs)
+
+    demo.launch = launch_with_admission
+    demo.admission = admission
+    return admission
+
+
+def reader_gone(request) -> Callable[[], bool] | None:
+    """For a handler given `request: gr.Request`: a check that says True once nobody waits for
+    this event any more (the visitor's connection closed, Stop was pressed, or the queue dropped
+    it). None when the event cannot be found (e.g. a direct call outside the queue)."""
+    raw = getattr(request, "request", None) if request is not None else None
+    app = getattr(raw, "scope", {}).get("app") if raw is not None else None
+    try:
+        queue = app.get_blocks()._queue
+        events = queue.event_ids_to_events
+    except AttributeError:
+        return None
+    event = next((e for e in list(events.values()) if getattr(e, "request", None) is raw), None)
+    if event is None:
+        return None
+
+    def gone() -> bool:
+        return not event.alive or events.get(event._id) is not event
+
+    return gone
+
+
+__all__ = ["Admission", "AdmissionLimits", "client_address", "install", "reader_gone"]
