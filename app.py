@@ -40,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "8bit/4bit (bitsandbytes) on CUDA")
     parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default 2)")
     parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused")
+    parser.add_argument("--visitor-requests", type=int, default=6,
+                        help="requests one visitor (client address) may have queued or running, all tabs (default 6)")
+    parser.add_argument("--visitor-requests-per-tab", type=int, default=2,
+                        help="the same in any one tab (default 2); --queue-size is the waiting room of each tab")
     parser.add_argument("--no-batching", action="store_true",
                         help="decode each Generate request on its own instead of merging concurrent ones")
     parser.add_argument("--max-loaded-models", type=int, default=4, help="models kept in memory (least recently used go)")
@@ -54,13 +58,15 @@ def build(args: argparse.Namespace):
     """The engine and the queued app, not yet launched."""
     from biogpt.engine import Engine
     from ui import create_app
+    from ui.admission import AdmissionLimits, install as install_admission
 
     engine = Engine(default_model=args.model, device=args.device, dtype=args.dtype,
                     allowed_models=args.allow_model, max_loaded_models=args.max_loaded_models,
                     quantize=None if args.quantize == "none" else args.quantize, batching=not args.no_batching,
                     model_memory_gb=args.model_memory_gb)
     demo = create_app(engine)
-    demo.queue(default_concurrency_limit=args.concurrency, max_size=args.queue_size)
+    demo.queue(default_concurrency_limit=args.concurrency, max_size=None)  # no shared cap: each tab has its own
+    install_admission(demo, AdmissionLimits(args.visitor_requests, args.visitor_requests_per_tab, args.queue_size))
     return engine, demo
 
 

@@ -429,6 +429,11 @@ class Engine:
         self._device: str | None = None
         self._dtype: str | None = None
         self._beam_searches = threading.Semaphore(self.limits.max_parallel_beam_searches)
+        # Beam searches waiting for one of those turns, at most this many (more are refused with a
+        # sentence): the Generate tab keeps its own slots for streams (see ui/generate_tab.py).
+        self.max_waiting_beam_searches = 4
+        self._beam_waiting = 0
+        self._beam_waiting_lock = threading.Lock()
 
     # ----- models ---------------------------------------------------------------------------
 
@@ -661,13 +666,16 @@ class Engine:
 
     # ----- generate -------------------------------------------------------------------------
 
-    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None) -> Iterator[GenerationResult]:
+    def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
+                 should_stop: Callable[[], bool] | None = None) -> Iterator[GenerationResult]:
         """Yield the growing result token by token (one sequence, greedy or sampling), or once
         at the end (several sequences or beam search, which cannot show partial text).
 
         Closing the iterator stops decoding (the UI's Stop button). With batching on, greedy and
         sampling requests on the same model are decoded together between steps (biogpt.batching);
         each gets exactly what it would get alone. Beam searches run on their own, a few at a time.
+        `should_stop` (e.g. "the visitor's connection closed") is asked before every model call and
+        while waiting for a turn; when it says yes, biogpt.generation.DecodingStopped is raised.
         """
         prompt = clean_text(request.prompt, "prompt", self.limits.max_prompt_chars)
         kwargs = request.decoding_kwargs(self.limits)
@@ -681,8 +689,8 @@ class Engine:
         settings = {"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "mode": request.mode,
                     **{k: v for k, v in kwargs.items() if k != "do_sample"}, "seed": seed}
         if kwargs.get("num_beams", 1) == 1 and kwargs.get("num_return_sequences", 1) == 1:
-            return self._stream_one(loaded, prompt, ids, kwargs, settings)
-        return self._generate_batch(loaded, prompt, ids, kwargs, settings)
+            return self._stream_one(loaded, prompt, ids, kwargs, settings, should_stop)
+        return self._generate_batch(loaded, prompt, ids, kwargs, settings, should_stop)
 
     def _check_room(self, loaded: LoadedModel, prompt_tokens: int, max_new_tokens: int) -> None:
         room = loaded.max_positions - prompt_tokens
@@ -697,11 +705,11 @@ class Engine:
                 f"{loaded.max_positions:,} positions {loaded.name} can read; lower Max new tokens or shorten the prompt."
             )
 
-    def _stream_one(self, loaded, prompt, ids, kwargs, settings) -> Iterator[GenerationResult]:
+    def _stream_one(self, loaded, prompt, ids, kwargs, settings, should_stop=None) -> Iterator[GenerationResult]:
         from .generation import stream
 
         try:
-            events = stream(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, **kwargs)
+            events = stream(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, should_stop=should_stop, **kwargs)
         except ValueError as error:
             raise InputError(str(error)) from None
         return self._stream_results(loaded, prompt, events, settings)
@@ -730,18 +738,22 @@ class Engine:
         finally:
             events.close()
 
-    def _generate_batch(self, loaded, prompt, ids, kwargs, settings) -> Iterator[GenerationResult]:
+    def _generate_batch(self, loaded, prompt, ids, kwargs, settings, should_stop=None) -> Iterator[GenerationResult]:
         from .generation import generate_detailed
 
         beam_search = kwargs.get("num_beams", 1) > 1
         started = time.perf_counter()
         try:
             if beam_search:
-                with self._beam_searches:
+                self._take_beam_turn(should_stop)
+                try:
                     started = time.perf_counter()
-                    sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], **kwargs)
+                    sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], should_stop=should_stop, **kwargs)
+                finally:
+                    self._beam_searches.release()
             else:
-                sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, **kwargs)
+                sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher,
+                                              should_stop=should_stop, **kwargs)
         except ValueError as error:
             raise InputError(str(error)) from None
         elapsed = time.perf_counter() - started
@@ -755,6 +767,28 @@ class Engine:
             prompt=prompt, samples=samples, settings=settings, model=loaded.describe(), finished=True,
             elapsed=elapsed, first_token_seconds=None, new_tokens=sum(len(s.token_ids) for s in samples),
         )
+
+    def _take_beam_turn(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """Take one of the max_parallel_beam_searches turns (the caller releases it). At most
+        max_waiting_beam_searches wait for one (more are refused); a waiting one whose reader
+        leaves gives up its place at once."""
+        from .generation import DecodingStopped
+
+        if not self._beam_searches.acquire(blocking=False):
+            with self._beam_waiting_lock:
+                if self._beam_waiting >= self.max_waiting_beam_searches:
+                    raise InputError(
+                        f"{self._beam_waiting} beam searches are already waiting for their turn; try again in a "
+                        "minute, or use greedy or sampling, which are served together."
+                    )
+                self._beam_waiting += 1
+            try:
+                while not self._beam_searches.acquire(timeout=0.05):
+                    if should_stop is not None and should_stop():
+                        raise DecodingStopped()
+            finally:
+                with self._beam_waiting_lock:
+                    self._beam_waiting -= 1
 
     def _sample(self, loaded, text, token_ids, probabilities, alternatives, finish_reason, beam_score=None) -> GeneratedText:
         return GeneratedText(
