@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import csv
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 
 from biogpt import interpret
 from ui import attention_plots as plots
+from ui import views
 
 VIEWS = ("Heatmap", "Overview", "Token links", "Hidden states", "Logit lens", "Generation replay", "Ablation")
 AGGREGATE_CHOICES = [
@@ -360,7 +360,7 @@ def _floats(values) -> list:
 def write_downloads(result: ViewResult, view: str, folder: str | None = None) -> list[str]:
     """The view's numbers as CSV (its main table) and JSON (the table with its metadata)."""
     data = result.table()
-    folder = Path(folder or tempfile.mkdtemp(prefix="biogpt-attention-"))
+    folder = Path(folder or views.export_folder())  # bounded: the oldest exports are removed
     stem = "attention-" + view.lower().replace(" ", "-")
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
     with csv_path.open("w", newline="", encoding="utf-8") as handle:

@@ -13,19 +13,24 @@ import gradio as gr
 
 from biogpt.engine import Engine, InputError
 
+from .views import visitor_text
+
 logger = logging.getLogger("biogpt.studio")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 
 
 def _as_user_error(error: BaseException) -> gr.Error:
-    """A one-sentence gr.Error: a toast in the browser, an AppError in gradio_client."""
+    """A one-sentence gr.Error: a toast in the browser, an AppError in gradio_client.
+
+    Gradio renders a toast's message as HTML, and messages may quote what the visitor typed:
+    `<`, `>` and `&` are escaped so that markup shows as text."""
     from biogpt.loading import ModelNotAvailableError
 
     if isinstance(error, gr.Error):
         return error
     if isinstance(error, (InputError, ModelNotAvailableError, ValueError)):
         # Engine, loading and generation all word their ValueErrors for the visitor.
-        return gr.Error(str(error))
+        return gr.Error(visitor_text(str(error)))
     logger.exception("Unexpected error in a request", exc_info=error)
     return gr.Error(
         f"Something went wrong on the server ({type(error).__name__}). The app is still running: "

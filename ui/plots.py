@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING
 
 from biogpt.engine import AnswerResult, ClassificationResult
 
+from .views import visitor_text
+
 if TYPE_CHECKING:
     import plotly.graph_objects as go
 
@@ -30,11 +32,13 @@ def label_chart(result: ClassificationResult) -> "go.Figure":
 
     Supervised multi-label scores are independent probabilities (they need not sum to 1);
     single-label and zero-shot scores are a softmax over the labels, which the title says.
+    Plotly reads a subset of HTML in text, and zero-shot labels are typed by the visitor: they
+    go in escaped, so that `<a href=...>` shows as those characters and not as a link.
     """
     order = sorted(range(len(result.labels)), key=lambda i: result.probabilities[i])
-    labels = [result.labels[i] for i in order]
+    labels = [visitor_text(result.labels[i]) for i in order]
     values = [float(result.probabilities[i]) for i in order]
-    predicted = set(result.predicted)
+    predicted = {visitor_text(label) for label in result.predicted}
     figure = _figure(height=max(220, 34 * len(labels) + 80))
     hover = "%{y}: %{x:.1%}<extra></extra>"
     if result.scores is not None:

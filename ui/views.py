@@ -19,6 +19,11 @@ from biogpt.engine import AnswerResult, ClassificationResult, GenerationResult, 
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "biogpt-studio-exports"
 MAX_EXPORT_FILES = 500  # exports are named by content, so this bounds the folder
+# The Attention tab writes each export into a folder of its own under this one; Gradio copies the
+# files into its cache (cleaned hourly by delete_cache) when it serves them, so only the newest
+# few are kept here.
+ATTENTION_EXPORT_DIR = Path(tempfile.gettempdir()) / "biogpt-studio-attention-exports"
+MAX_ATTENTION_EXPORTS = 16
 ENTITY_COLOURS = {"Chemical": "#c6e3ff", "Disease": "#ffd6c2"}
 FALLBACK_COLOURS = ("#d9f2d0", "#f3d9fa", "#fff2b3", "#d4f4f0")
 TOKEN_TABLE_HEADERS = ["sample", "position", "token", "probability", "top-5 alternatives"]
@@ -27,6 +32,12 @@ ENTITY_TABLE_HEADERS = ["entity", "type", "start", "end", "confidence"]
 
 def _escape(text: str) -> str:
     return html.escape(text, quote=True)
+
+
+def visitor_text(text: str) -> str:
+    """Text for a place that renders HTML (error toasts, plotly labels) so that markup a visitor
+    typed shows as characters: `<`, `>` and `&` escaped, quotes kept for readability."""
+    return html.escape(str(text), quote=False)
 
 
 def settings_line(settings: dict[str, Any]) -> str:
@@ -221,6 +232,26 @@ def write_export(content: str, suffix: str, stem: str = "entities") -> str:
             old.unlink(missing_ok=True)
         path.write_text(content, encoding="utf-8")
     return str(path)
+
+
+def export_folder(parent: Path | None = None, keep: int = MAX_ATTENTION_EXPORTS) -> str:
+    """A fresh folder under `parent` for one export; the oldest beyond the newest `keep` are removed."""
+    import shutil
+
+    parent = Path(parent or ATTENTION_EXPORT_DIR)
+    parent.mkdir(parents=True, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="export-", dir=parent)
+    folders = []
+    for entry in parent.iterdir():
+        try:
+            folders.append((entry.stat().st_mtime, entry))
+        except OSError:  # removed meanwhile by a concurrent export
+            pass
+    folders.sort()
+    for _, old in folders[: max(0, len(folders) - keep)]:
+        if str(old) != folder:
+            shutil.rmtree(old, ignore_errors=True)
+    return folder
 
 
 # ----- Classify -------------------------------------------------------------------------------
