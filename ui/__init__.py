@@ -20,6 +20,8 @@ from biogpt.engine import Engine
 from .attention_tab import build_attention_tab
 from .classify_tab import build_classify_tab
 from .generate_tab import build_generate_tab
+from . import http_guard
+from .http_guard import StudioBlocks
 from .ner_tab import build_ner_tab
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -57,7 +59,8 @@ def header_html(engine: Engine) -> str:
 def create_app(engine: Engine) -> gr.Blocks:
     """The whole page. The caller queues and launches it (see app.py)."""
     # delete_cache: exported files and uploads older than an hour are removed every hour.
-    with gr.Blocks(title="BioGPT Studio", delete_cache=(3600, 3600)) as demo:
+    # StudioBlocks: every API input is checked first and a bad one is answered with a sentence.
+    with StudioBlocks(title="BioGPT Studio", delete_cache=(3600, 3600)) as demo:
         gr.HTML(header_html(engine), elem_id="studio-header")
         with gr.Tabs(elem_id="studio-tabs"):
             for title, tab_id, build in TABS:
@@ -67,7 +70,8 @@ def create_app(engine: Engine) -> gr.Blocks:
 
 
 def launch_options() -> dict[str, Any]:
-    """Keyword arguments for launch(): system fonts only (offline-safe), our CSS, the API link."""
+    """Keyword arguments for launch(): system fonts only (offline-safe), our CSS, the API link, the
+    HTTP guards (body cap, no uploads, 404 for unknown endpoints) and a bound on kept sessions."""
     return dict(
         theme=gr.themes.Soft(
             primary_hue="teal", secondary_hue="orange",
@@ -77,6 +81,8 @@ def launch_options() -> dict[str, Any]:
         footer_links=["api", "gradio", "settings"],
         share=False,
         ssr_mode=False,
+        app_kwargs=http_guard.app_kwargs(),
+        state_session_capacity=http_guard.MAX_SESSIONS,
     )
 
 
