@@ -10,7 +10,10 @@ loaded at import time; the bundled models load in the background once the server
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
+import sys
 
 
 def offline_safe_environment() -> None:
@@ -54,6 +57,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def port_taken(host: str, port: int) -> bool:
+    """Whether another program already listens on host:port (checked before anything loads)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            return error.errno == errno.EADDRINUSE  # any other problem is left to launch() to report
+    return False
+
+
+def busy_port_exit(host: str, port: int) -> None:
+    print(f"Port {port} on {host} is already in use (another BioGPT Studio?): stop that server, or choose "
+          f"another port with --port, e.g. python app.py --port {port + 1}.", file=sys.stderr)
+    raise SystemExit(1)
+
+
 def build(args: argparse.Namespace):
     """The engine and the queued app, not yet launched."""
     from biogpt.engine import Engine
@@ -73,10 +94,17 @@ def build(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     offline_safe_environment()
+    if port_taken(args.host, args.port):
+        busy_port_exit(args.host, args.port)
     engine, demo = build(args)
     from ui import launch_options
 
-    demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **launch_options())
+    try:
+        demo.launch(server_name=args.host, server_port=args.port, prevent_thread_lock=True, **launch_options())
+    except OSError as error:  # taken between the check and the launch: Gradio's message names the wrong setting
+        if "empty port" not in str(error):
+            raise
+        busy_port_exit(args.host, args.port)
     if not args.no_preload:
         # Once the page is served, load the default models in the background so they are ready
         # before the first visitor clicks (a request that comes sooner waits for the same load).
