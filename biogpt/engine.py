@@ -477,7 +477,7 @@ class Engine:
         from .cpu import fast_bf16
 
         if self._dtype == "bfloat16" and self.device == "cpu" and not fast_bf16():
-            return ("bfloat16 is emulated on this CPU (no AVX-512 bf16 or AMX): it reads prompts about 5x "
+            return ("bfloat16 is emulated on this CPU (no AVX-512): it reads prompts about 5x "
                     "slower than float32, so --dtype float32 is faster here.")
         return ""
 

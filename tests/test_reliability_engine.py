@@ -159,9 +159,10 @@ def test_bfloat16_on_a_cpu_without_bf16_instructions_is_allowed_but_logged_and_n
     result = engine.classify("Tumour cells evade apoptosis.", model="bundled-hoc")
     assert "bfloat16 (emulated on this CPU: slow)" in result.model
 
-    monkeypatch.setenv("BIOGPT_CPU_FLAGS", "avx2 avx512f avx512_bf16")
-    fast = Engine(device="cpu", dtype="bfloat16")
-    assert fast.dtype == "bfloat16" and fast.dtype_note == ""
+    for flags in ("avx2 avx512f", "avx2 avx512f avx512_bf16", "avx2 amx_bf16"):
+        monkeypatch.setenv("BIOGPT_CPU_FLAGS", flags)
+        fast = Engine(device="cpu", dtype="bfloat16")
+        assert fast.dtype == "bfloat16" and fast.dtype_note == ""
     assert Engine(device="cpu", dtype="float32").dtype_note == ""
 
 
