@@ -264,3 +264,12 @@ def test_the_truncated_weights_error_names_the_file_not_the_servers_path(tmp_pat
         engine.load(str(folder), "generate")
     message = str(error.value)
     assert message.startswith("my-checkpoint/model.safetensors is truncated") and str(tmp_path) not in message
+
+
+def test_a_missing_bundled_model_is_named_relative_to_the_project_not_by_the_servers_path(monkeypatch, tmp_path):
+    from biogpt import hub
+
+    monkeypatch.setitem(hub.BUNDLED_NAMES, "bundled", hub.ASSETS_DIR / "models" / "no-such-model")
+    with pytest.raises(hub.ModelNotAvailableError) as refused:
+        hub.resolve_model_dir("bundled", ["config.json"])
+    assert str(refused.value) == "The bundled model 'bundled' is missing (assets/models/no-such-model); reinstall the project."
