@@ -190,6 +190,17 @@ def test_a_body_with_a_missing_argument_is_not_echoed_into_the_log(server, capfd
     assert "ECHOECHO" not in out + err and len(out + err) < 20_000, f"{len(out + err):,} characters logged"
 
 
+def test_an_error_quoting_a_long_input_is_shortened_and_not_logged(client, capfd):
+    token = "QUOTE" * 40_000  # 200,000 characters, under the body cap
+    capfd.readouterr()
+    with pytest.raises(AppError) as error:
+        client.predict("Naloxone reverses the effect of clonidine.", "Token links", token=token, api_name="/attention")
+    message = error.value.message
+    assert len(message) <= 450 and "is not a token of this text" in message, message[:600]
+    out, err = capfd.readouterr()
+    assert "QUOTEQUOTE" * 50 not in out + err and len(out + err) < 20_000, f"{len(out + err):,} characters logged"
+
+
 # ----- sessions, exports -------------------------------------------------------------------------
 
 

@@ -17,20 +17,27 @@ from .views import visitor_text
 
 logger = logging.getLogger("biogpt.studio")
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
+MAX_MESSAGE_CHARS = 400  # an error message quoting a long input is cut to this, in the middle
 
 
 def _as_user_error(error: BaseException) -> gr.Error:
     """A one-sentence gr.Error: a toast in the browser, an AppError in gradio_client.
 
     Gradio renders a toast's message as HTML, and messages may quote what the visitor typed:
-    `<`, `>` and `&` are escaped so that markup shows as text."""
+    `<`, `>` and `&` are escaped so that markup shows as text, and a long quote is shortened in
+    the middle. A refused input is the visitor's mistake: no traceback (which would repeat the
+    whole input) goes to the server's log."""
     from biogpt.loading import ModelNotAvailableError
 
     if isinstance(error, gr.Error):
         return error
     if isinstance(error, (InputError, ModelNotAvailableError, ValueError)):
         # Engine, loading and generation all word their ValueErrors for the visitor.
-        return gr.Error(visitor_text(str(error)))
+        message = str(error)
+        if len(message) > MAX_MESSAGE_CHARS:
+            half = MAX_MESSAGE_CHARS // 2
+            message = f"{message[:half]} … {message[-half:]}"
+        return gr.Error(visitor_text(message), print_exception=False)
     logger.exception("Unexpected error in a request", exc_info=error)
     return gr.Error(
         f"Something went wrong on the server ({type(error).__name__}). The app is still running: "
