@@ -70,16 +70,9 @@ def machine() -> str:
     """The machine a result was measured on: CPU model, the instruction sets that change which
     kernels are exact or fast (biogpt.cpu), cores, torch and threads."""
     import os
-    import platform
 
-    from biogpt.cpu import cpu_flags
+    from biogpt.cpu import cpu_flags, cpu_model
 
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            model = next((line.partition(":")[2].strip() for line in f if line.startswith("model name")), model)
-    except OSError:
-        pass
     sets = [name for name in ("avx512_vnni", "avx512_bf16", "amx_bf16", "avx2") if name in cpu_flags()] or ["none of avx2/avx512"]
-    return (f"{model} ({' '.join(sets)}), {os.cpu_count()} cores, torch {torch.__version__}, "
+    return (f"{cpu_model()} ({' '.join(sets)}), {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")

@@ -12,16 +12,29 @@ import os
 FLAGS_ENV = "BIOGPT_CPU_FLAGS"
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo_flags() -> frozenset[str]:
+@functools.lru_cache(maxsize=None)
+def _cpuinfo_field(name: str) -> str:
+    """The first processor's `name` line of /proc/cpuinfo ("" where there is none)."""
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.partition(":")[2].split())
+                key, _, value = line.partition(":")
+                if key.strip() == name:
+                    return value.strip()
     except OSError:  # not Linux: claim nothing, so callers take their safe path
         pass
-    return frozenset()
+    return ""
+
+
+def _cpuinfo_flags() -> frozenset[str]:
+    return frozenset(_cpuinfo_field("flags").split())
+
+
+def cpu_model() -> str:
+    """The CPU's name, e.g. "AMD EPYC" (for benchmark reports; nothing decides on it)."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> frozenset[str]:
