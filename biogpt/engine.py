@@ -482,6 +482,14 @@ class Engine:
         return ""
 
     @property
+    def quantization_note(self) -> str:
+        """Which kernels the quantized weights run here, e.g. "fbgemm, 7-bit activations (checked
+        on this CPU)"; "" without CPU quantization."""
+        from .quantize import kernel_note
+
+        return kernel_note(self.quantize) if self.device == "cpu" else ""
+
+    @property
     def model_memory_bytes(self) -> int:
         """The bytes all loaded models' weights may take together."""
         if self._model_memory is None:

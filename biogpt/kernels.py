@@ -99,18 +99,18 @@ def fbgemm_reduce_range() -> bool | None:
 
 
 def describe(path: str) -> str:
-    """One phrase for logs and the app's header, e.g. 'fbgemm, 7-bit activations (checked on this CPU)'."""
-    return f"{DESCRIPTIONS[path]} (checked on this CPU)"
+    """The path in words, e.g. 'fbgemm, 7-bit activations'."""
+    return DESCRIPTIONS[path]
 
 
 @functools.cache
 def _log_choice(requested: str, path: str, preference: tuple[str, ...]) -> None:
     skipped = preference[: preference.index(path)]
     if skipped:
-        reasons = ", ".join(f"{p} {'distrusted' if p in distrusted() else 'failed its check'}" for p in skipped)
-        logger.warning("int8 layers use %s instead of %s (%s).", describe(path), requested, reasons)
+        reasons = ", ".join(f"{p} {'distrusted' if p in distrusted() else 'failed its check on this CPU'}" for p in skipped)
+        logger.warning("int8 layers use %s, not %s (%s).", describe(path), requested, reasons)
     else:
-        logger.info("int8 layers use %s.", describe(path))
+        logger.info("int8 layers use %s (checked on this CPU).", describe(path))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,6 +57,18 @@ def check_mode(mode: str | None, device: str | torch.device) -> None:
         )
 
 
+def kernel_note(mode: str | None) -> str:
+    """The kernels a model quantized with `mode` runs on this machine, in words ("" for none or a
+    CUDA mode): what the app's header says, so an operator sees a fallback without reading logs."""
+    if mode not in CPU_MODES:
+        return ""
+    int8 = kernels.describe(kernels.int8_path())
+    if mode == "int4":
+        int8 = (f"{kernels.describe('int4pack')}, {int8} where it cannot" if kernels.is_exact("int4pack")
+                else f"all layers int8 as the int4 kernel failed its check, {int8}")
+    return f"{int8}; checked on this CPU"
+
+
 def quantize_model(
     model: nn.Module, mode: str, device: str | torch.device | None = None, int8_kernel: str = "fbgemm"
 ) -> nn.Module:

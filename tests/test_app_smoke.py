@@ -1,40 +1,56 @@
-"""`python app.py --port N` starts and answers HTTP 200 on its port."""
+"""`python app.py --port N` starts and answers HTTP 200 on its port, and says on the page and in
+its log which int8 kernel it chose on this CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
+from app_server import free_port
 from helpers import REPO
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_app_starts_and_answers_on_its_port():
+@contextlib.contextmanager
+def app_process(*flags: str, **environment: str):
+    """Yield (url, process) for `python app.py --port N *flags`, its output in process.stdout."""
     port = free_port()
-    env = {**os.environ, "no_proxy": "127.0.0.1,localhost"}
-    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=REPO, env=env,
+    env = {**os.environ, "no_proxy": "127.0.0.1,localhost", **environment}
+    process = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *flags], cwd=REPO, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 60
         while True:
             assert process.poll() is None, process.stdout.read()
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                with urllib.request.urlopen(url, timeout=5) as response:
                     assert response.status == 200
                     assert "BioGPT Studio" in response.read().decode()
                     break
             except OSError:
                 assert time.monotonic() < deadline, "the app did not answer within 60 s"
                 time.sleep(0.3)
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def test_app_starts_and_answers_on_its_port():
+    with app_process():
+        pass
+
+
+def test_int8_on_a_cpu_where_8_bit_fbgemm_fails_says_its_fallback_in_the_header_and_the_log():
+    """What an AVX2 machine without VNNI does, forced on any CPU by distrusting the 8-bit path."""
+    with app_process("--quantize", "int8", "--no-preload", BIOGPT_DISTRUST_KERNELS="fbgemm-u8") as (url, process):
+        with urllib.request.urlopen(url + "config", timeout=10) as response:
+            config = response.read().decode()
+        process.terminate()
+        log = process.communicate(timeout=20)[0]
+    assert "with <b>int8</b> weights (fbgemm, 7-bit activations; checked on this CPU)" in config
+    assert "int8 layers use fbgemm, 7-bit activations, not fbgemm (fbgemm-u8 distrusted)." in log

@@ -49,8 +49,11 @@ def header_html(engine: Engine) -> str:
         f'<div class="studio-serving">Answering on <b>{html.escape(engine.device)}</b> in '
         f"<b>{html.escape(engine.dtype)}</b>"
         + (f" with <b>{html.escape(engine.quantize)}</b> weights" if engine.quantize else "")
+        + (f" ({html.escape(engine.quantization_note)})" if engine.quantization_note else "")
         + f" · default model <b>{model}</b> · every result names the model, "
-        "settings and seed that produced it</div>"
+        "settings and seed that produced it"
+        + (f'<br><span class="studio-warning">{html.escape(engine.dtype_note)}</span>' if engine.dtype_note else "")
+        + "</div>"
         f'<div class="studio-disclaimer" role="note"><b>Not medical advice.</b> {html.escape(DISCLAIMER)}</div>'
         "</div>"
     )
