@@ -30,7 +30,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="default language model: 'bundled', a hub id like microsoft/biogpt, or a local folder")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"],
-                        help="auto: float32 on CPU, bfloat16 (or float16) on a GPU")
+                        help="auto: float32 on CPU, bfloat16 (or float16) on a GPU; bfloat16 on a CPU without AVX-512 "
+                             "is emulated and reads prompts about 5x slower than float32 (the header says so)")
     # A Hugging Face Space sets GRADIO_SERVER_NAME=0.0.0.0; locally the default stays private.
     parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
                         help="address to serve on (0.0.0.0 for a Space or a LAN)")
