@@ -19,8 +19,10 @@ session hash is chosen by the client and is not used.
 
 The counts come from Gradio's queue itself: an event counts from the moment its join is admitted
 until the queue drops it (finished, failed, cancelled, or removed because its client left), so
-nothing here can drift. A refused join gets HTTP 429 and one sentence, which the browser shows
-as an error toast (gradio_client raises an HTTP error carrying it).
+nothing here can drift. A visitor over its own limits gets HTTP 429 and one sentence, which the
+browser shows as an error toast (gradio_client raises an httpx.HTTPStatusError whose response
+carries it as "detail"). A full tab answers 503, as Gradio's own full queue does: the browser says
+the app is busy, gradio_client raises its QueueError("Queue is full! Please try again.").
 
 `reader_gone(request)` gives an event handler a check for "the visitor who sent this has gone"
 (closed the page or the connection, or pressed Stop), so that decoding stops at the next model
@@ -122,22 +124,23 @@ class Admission:
 
     # ----- the decision ------------------------------------------------------------------------
 
-    def refusal(self, host: str, fn) -> str | None:
-        """One sentence when this visitor may not add an event of `fn` now; None to admit it."""
+    def refusal(self, host: str, fn) -> tuple[int, str] | None:
+        """(HTTP status, one sentence) when this visitor may not add an event of `fn` now; None to admit it."""
         group = fn.concurrency_id
         held = self.held(host)
         total = sum(held.values())
         if total >= self.limits.per_visitor:
             self.refused["visitor"] += 1
-            return f"You already have {total} requests waiting; wait for them to finish."
+            return 429, f"You already have {total} requests waiting; wait for them to finish."
         if held[group] >= self.limits.per_visitor_per_tab:
             self.refused["visitor-tab"] += 1
-            return (f"You already have {held[group]} {self.tab_name(fn)} requests waiting; "
-                    "wait for them to finish.")
+            return 429, (f"You already have {held[group]} {self.tab_name(fn)} requests waiting; "
+                         "wait for them to finish.")
         waiting = self.waiting(group)
         if waiting >= self.limits.waiting_per_tab:
             self.refused["tab"] += 1
-            return f"{waiting} {self.tab_name(fn)} requests are waiting already, the most this server queues; try again in a minute."
+            return 503, (f"{waiting} {self.tab_name(fn)} requests are waiting already, the most this server queues; "
+                         "try again in a minute.")
         return None
 
     # ----- the ASGI side -----------------------------------------------------------------------
@@ -180,9 +183,9 @@ class _AdmissionMiddleware:
         host = client_address(scope)
         key = None
         if fn is not None and getattr(fn, "queue", True):
-            sentence = self.admission.refusal(host, fn)
-            if sentence is not None:
-                await _answer(send, 429, sentence)
+            refused = self.admission.refusal(host, fn)
+            if refused is not None:
+                await _answer(send, *refused)
                 return
             key = (host, fn.concurrency_id)
             self.admission._joining[key] += 1
