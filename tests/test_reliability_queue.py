@@ -291,6 +291,22 @@ def test_an_abandoned_beam_search_stops_within_two_model_steps_of_its_client_lea
     assert after <= 2
 
 
+def test_a_generate_request_nobody_reads_stops_once_its_stream_has_been_unread_for_the_grace(app, monkeypatch):
+    monkeypatch.setattr(admission, "LISTENER_GRACE", 0.5)
+    app.step_delay = 0.02
+    with visitor() as client:
+        # A REST visitor who reads its answer is not affected: all 64 tokens arrive.
+        kind, value = app.call(client, "generate", generate_inputs("greedy", max_new_tokens=64))
+        assert kind == "complete" and value[4]["samples"][0]["tokens"] and len(value[4]["samples"][0]["tokens"]) == 64
+        before = app.forwards
+        answer = app.join(client, "generate", generate_inputs("greedy", max_new_tokens=512))  # and never read
+        assert answer.status_code == 200, answer.text
+        assert app.wait_until_gone([answer.json()["event_id"]], timeout=60)
+    ran = app.forwards - before
+    print(f"\nunread 512-token request: {ran} forwards before it was stopped")
+    assert ran < 100  # 0.5 s of 20 ms steps, not 512
+
+
 def test_waiting_beam_searches_leave_generate_slots_to_a_greedy_request_and_stop_when_abandoned(app):
     app.step_delay = 0.01
     sessions, event_ids, streams = [], [], contextlib.ExitStack()

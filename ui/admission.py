@@ -25,8 +25,9 @@ carries it as "detail"). A full tab answers 503, as Gradio's own full queue does
 the app is busy, gradio_client raises its QueueError("Queue is full! Please try again.").
 
 `reader_gone(request)` gives an event handler a check for "the visitor who sent this has gone"
-(closed the page or the connection, or pressed Stop), so that decoding stops at the next model
-call instead of running to the end for nobody.
+(closed the page or the connection, or pressed Stop, or never opened the stream that would
+carry the answer: nobody has read the session's stream for LISTENER_GRACE seconds while it ran),
+so that decoding stops at the next model call instead of running to the end for nobody.
 """
 
 from __future__ import annotations
@@ -36,14 +37,22 @@ import ipaddress
 import json
 import os
 import re
+import time
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable
+from urllib.parse import parse_qs
 
 API_PREFIX = "/gradio_api"
 # POST routes that put an event in the queue: the browser's and gradio_client's join, and the REST /call routes.
 _JOIN = re.compile(rf"^{API_PREFIX}/(?:queue/join|call/(?:v2/)?(?P<api_name>[^/]+))/?$")
 MAX_JOIN_BODY = 16 * 1024 * 1024  # bytes read to find the event; the app's own input caps are far smaller
+# GET routes that carry a session's answers: the browser's and gradio_client's stream, and REST /call's.
+_DATA = re.compile(rf"^{API_PREFIX}/(?:queue/data|call/(?:v2/)?[^/]+/(?P<event_id>[^/]+))/?$")
+# Seconds a running request may go on with nobody reading its session's stream (a join posted and
+# never read, or a stream closed without Gradio noticing) before reader_gone says so. Gradio's
+# clients keep the stream open while anything of theirs runs; a REST client reads it right after its POST.
+LISTENER_GRACE = 10.0
 
 
 def client_address(scope) -> str:
@@ -83,6 +92,9 @@ class Admission:
         self.refused = Counter()  # reason -> count, for tests and logs
         # Joins admitted and not yet handed to the queue: (host, group) -> count.
         self._joining: Counter = Counter()
+        # Streams open per session, and when each session's last stream closed.
+        self._listening: Counter = Counter()
+        self._last_heard: dict[str, float] = {}
 
     # ----- what the queue holds ------------------------------------------------------------
 
@@ -143,6 +155,32 @@ class Admission:
                          "try again in a minute.")
         return None
 
+    def unheard(self, session: str, since: float) -> bool:
+        """Whether nobody has read `session`'s stream for LISTENER_GRACE seconds (counted from `since` at the earliest)."""
+        if self._listening.get(session):
+            return False
+        return time.monotonic() - max(since, self._last_heard.get(session, since)) > LISTENER_GRACE
+
+    def _stream_opened(self, session: str) -> None:
+        self._listening[session] += 1
+
+    def _stream_closed(self, session: str) -> None:
+        self._listening[session] -= 1
+        if self._listening[session] <= 0:
+            del self._listening[session]
+        now = self._last_heard[session] = time.monotonic()
+        if len(self._last_heard) > 4096:  # keep what a running request may still ask about
+            for old in [s for s, heard in self._last_heard.items() if now - heard > 10 * LISTENER_GRACE]:
+                del self._last_heard[old]
+
+    def _session_of(self, scope, event_id: str | None) -> str | None:
+        if event_id is None:
+            values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash")
+            return values[0] if values else None
+        queue = self._queue()
+        event = getattr(queue, "event_ids_to_events", {}).get(event_id) if queue is not None else None
+        return event.session_hash if event is not None else event_id  # Gradio's own fallback for /call
+
     # ----- the ASGI side -----------------------------------------------------------------------
 
     def middleware(self, app):
@@ -157,7 +195,16 @@ class _AdmissionMiddleware:
     async def __call__(self, scope, receive, send):
         match = _JOIN.match(scope.get("path", "")) if scope["type"] == "http" and scope.get("method") == "POST" else None
         if match is None:
-            await self.app(scope, receive, send)
+            stream = _DATA.match(scope.get("path", "")) if scope["type"] == "http" and scope.get("method") == "GET" else None
+            session = self.admission._session_of(scope, stream.group("event_id")) if stream is not None else None
+            if session is None:
+                await self.app(scope, receive, send)
+                return
+            self.admission._stream_opened(session)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                self.admission._stream_closed(session)
             return
         body, more = b"", True
         messages = []
@@ -239,16 +286,20 @@ def reader_gone(request) -> Callable[[], bool] | None:
     raw = getattr(request, "request", None) if request is not None else None
     app = getattr(raw, "scope", {}).get("app") if raw is not None else None
     try:
-        queue = app.get_blocks()._queue
-        events = queue.event_ids_to_events
+        blocks = app.get_blocks()
+        events = blocks._queue.event_ids_to_events
     except AttributeError:
         return None
     event = next((e for e in list(events.values()) if getattr(e, "request", None) is raw), None)
     if event is None:
         return None
+    admission = getattr(blocks, "admission", None)
+    started = time.monotonic()
 
     def gone() -> bool:
-        return not event.alive or events.get(event._id) is not event
+        if not event.alive or events.get(event._id) is not event:
+            return True
+        return admission is not None and admission.unheard(event.session_hash, started)
 
     return gone
 
