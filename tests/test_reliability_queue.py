@@ -129,6 +129,15 @@ def listening(app: App, session: str, address: str):
         reader.join(timeout=5)
 
 
+def beam_turns_free(engine, timeout: float = 60) -> bool:
+    """Wait until no beam search holds a turn (each holds one until its thread is done)."""
+    turns = [engine._beam_searches.acquire(timeout=timeout) for _ in range(engine.limits.max_parallel_beam_searches)]
+    for taken in turns:
+        if taken:
+            engine._beam_searches.release()
+    return all(turns)
+
+
 def wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -280,6 +289,7 @@ def _forwards_after_leaving(app: App, inputs: list, started_when) -> tuple[int, 
             wait_for(lambda: started_when(messages) and app.forwards - before >= 5)
         at_close = app.forwards
     assert app.wait_until_gone([event_id], timeout=60), "the abandoned request was still queued or running"
+    assert beam_turns_free(app.engine)
     return at_close - before, app.forwards - at_close
 
 
@@ -289,6 +299,27 @@ def test_an_abandoned_beam_search_stops_within_two_model_steps_of_its_client_lea
         lambda messages: any(m.get("msg") == "process_starts" for m in messages))
     print(f"\nbeam search (8 beams, 512 tokens): {ran} forwards before the client left, {after} after")
     assert after <= 2
+
+
+def test_the_stop_button_stops_a_running_beam_search_within_two_model_steps(app):
+    session, address = uuid.uuid4().hex, next(_addresses)
+    app.step_delay = 0.02
+    with visitor(address) as client:
+        answer = app.join(client, "generate", generate_inputs("beam search", max_new_tokens=512, num_beams=8), session)
+        event_id = answer.json()["event_id"]
+        with listening(app, session, address) as messages:
+            before = app.forwards
+            wait_for(lambda: any(m.get("msg") == "process_starts" for m in messages) and app.forwards - before >= 5)
+            # What the Stop button sends (its event cancels the generation).
+            at_stop = app.forwards
+            stopped = client.post(app.url + "gradio_api/cancel",
+                                  json={"session_hash": session, "fn_index": app.fn["generate"], "event_id": event_id},
+                                  timeout=60)
+            assert stopped.status_code == 200
+            assert app.wait_until_gone([event_id], timeout=60)
+            assert beam_turns_free(app.engine)  # the beam search's thread has let go of its turn
+    print(f"\nStop on a beam search: {app.forwards - at_stop} forwards after the cancel was sent")
+    assert app.forwards - at_stop <= 2
 
 
 def test_a_generate_request_nobody_reads_stops_once_its_stream_has_been_unread_for_the_grace(app, monkeypatch):
