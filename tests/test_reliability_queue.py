@@ -20,7 +20,7 @@ import httpx
 import pytest
 import torch
 
-from app_server import EXAMPLES, KNOWN_NER_TEXT, running_app
+from app_server import CHROMIUM, EXAMPLES, KNOWN_NER_TEXT, chromium_page, running_app
 from biogpt.engine import GenerationRequest, InputError
 from biogpt.generation import DecodingStopped
 from ui import admission
@@ -187,6 +187,24 @@ def test_sixty_generate_joins_from_one_visitor_admit_two_and_refuse_the_rest_wit
     assert app.call(others, "generate", generate_inputs(max_new_tokens=8))[0] == "complete"
     app.abandon(sessions)
     assert app.wait_until_gone(admitted, timeout=30)
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (apt-get install -y chromium)")
+def test_a_browser_visitor_over_the_limit_is_told_so_in_a_toast(app, monkeypatch):
+    monkeypatch.setattr(admission, "LISTENER_GRACE", 3.0)  # the two unread joins below end 3 s after they start
+    with chromium_page(app.url) as page:
+        # The same visitor (127.0.0.1) already has two Generate requests from another program.
+        with visitor("127.0.0.1") as client:
+            joined = [app.join(client, "generate", generate_inputs(max_new_tokens=512)) for _ in range(2)]
+        assert all(answer.status_code == 200 for answer in joined)
+        try:
+            page.fill("#gen-prompt textarea", "Naloxone reverses the")
+            page.click("#gen-run")
+            toast = page.locator("[data-testid=toast-body]")
+            toast.first.wait_for(timeout=10_000)
+            assert "You already have 2 Generate requests waiting; wait for them to finish." in toast.first.inner_text()
+        finally:
+            assert app.wait_until_gone([answer.json()["event_id"] for answer in joined], timeout=60)
 
 
 def test_one_visitor_across_all_tabs_holds_at_most_six_requests(app):
