@@ -229,7 +229,7 @@ class _AdmissionMiddleware:
                 fn = None  # Gradio answers a malformed join itself
         host = client_address(scope)
         key = None
-        if fn is not None and getattr(fn, "queue", True):
+        if fn is not None:  # every event joined counts, also UI-only ones a client could join by hand
             refused = self.admission.refusal(host, fn)
             if refused is not None:
                 await _answer(send, *refused)
