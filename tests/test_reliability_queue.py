@@ -439,3 +439,19 @@ def test_a_beam_search_beyond_the_waiting_room_is_refused_with_a_sentence(app):
         engine.max_waiting_beam_searches = saved
         for _ in taken:
             engine._beam_searches.release()
+
+
+def test_on_a_space_the_visitor_is_the_right_most_public_forwarded_address_so_a_forged_one_changes_nothing(monkeypatch):
+    def scope(peer: str, forwarded: str | None) -> dict:
+        headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+        return {"client": (peer, 5000), "headers": headers}
+
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    assert admission.client_address(scope("127.0.0.2", "1.2.3.4")) == "127.0.0.2"  # no proxy to trust here
+    monkeypatch.setenv("SPACE_ID", "someone/biogpt-studio")
+    # The Space's proxy connects from a private address and appends the address it saw.
+    assert admission.client_address(scope("10.16.3.80", "203.0.113.9")) == "203.0.113.9"
+    assert admission.client_address(scope("10.16.3.80", "198.51.100.1, 203.0.113.9")) == "203.0.113.9"
+    assert admission.client_address(scope("10.16.3.80", "203.0.113.9, 10.0.0.7")) == "203.0.113.9"
+    assert admission.client_address(scope("10.16.3.80", None)) == "10.16.3.80"
+    assert admission.client_address(scope("203.0.113.50", "198.51.100.1")) == "203.0.113.50"  # not via the proxy
