@@ -450,8 +450,8 @@ def test_on_a_space_the_visitor_is_the_right_most_public_forwarded_address_so_a_
     assert admission.client_address(scope("127.0.0.2", "1.2.3.4")) == "127.0.0.2"  # no proxy to trust here
     monkeypatch.setenv("SPACE_ID", "someone/biogpt-studio")
     # The Space's proxy connects from a private address and appends the address it saw.
-    assert admission.client_address(scope("10.16.3.80", "203.0.113.9")) == "203.0.113.9"
-    assert admission.client_address(scope("10.16.3.80", "198.51.100.1, 203.0.113.9")) == "203.0.113.9"
-    assert admission.client_address(scope("10.16.3.80", "203.0.113.9, 10.0.0.7")) == "203.0.113.9"
+    assert admission.client_address(scope("10.16.3.80", "84.17.1.9")) == "84.17.1.9"
+    assert admission.client_address(scope("10.16.3.80", "91.2.3.4, 84.17.1.9")) == "84.17.1.9"
+    assert admission.client_address(scope("10.16.3.80", "84.17.1.9, 10.0.0.7")) == "84.17.1.9"
     assert admission.client_address(scope("10.16.3.80", None)) == "10.16.3.80"
-    assert admission.client_address(scope("203.0.113.50", "198.51.100.1")) == "203.0.113.50"  # not via the proxy
+    assert admission.client_address(scope("84.17.1.50", "91.2.3.4")) == "84.17.1.50"  # not via the proxy
