@@ -18,7 +18,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-import torch
 
 from app_server import CHROMIUM, EXAMPLES, KNOWN_NER_TEXT, chromium_page, running_app
 from biogpt.engine import GenerationRequest, InputError
