@@ -43,7 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="quantize weights at load: int8/int4 on the CPU (int8: about 4.8x faster decoding), "
                              "8bit/4bit (bitsandbytes) on CUDA")
     parser.add_argument("--concurrency", type=int, default=2, help="requests computed at once (default 2)")
-    parser.add_argument("--queue-size", type=int, default=32, help="requests waiting at most; more are refused")
+    parser.add_argument("--queue-size", type=int, default=32,
+                        help="requests waiting in each tab at most (default 32); more are refused")
     parser.add_argument("--visitor-requests", type=int, default=6,
                         help="requests one visitor (client address) may have queued or running, all tabs (default 6)")
     parser.add_argument("--visitor-requests-per-tab", type=int, default=2,
