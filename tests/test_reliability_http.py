@@ -284,3 +284,14 @@ def test_a_visitors_markup_shows_as_text_in_the_plot_and_in_error_toasts_in_chro
         assert IMG_TOKEN in toast.inner_text(), toast.inner_text()
         assert page.locator("[data-testid=toast-body] img").count() == 0
         assert page.evaluate("window.__pwned") is None
+
+
+def test_seeds_over_the_api_are_used_exactly_or_refused_with_their_range(client):
+    """The seed box sends what was typed (no rounding of 1.5 to 2); the engine takes exactly the
+    32-bit seeds its generator uses and names that range when it refuses one."""
+    for seed in (1.5, 2**32, float(2**53 + 2)):
+        with pytest.raises(AppError, match="seed .*0 to 4,294,967,295"):
+            client.predict("Aspirin is", api_name="/generate", mode="sampling", seed=seed, max_new_tokens=2)
+    for seed in (0, 2**32 - 1):
+        info = client.predict("Aspirin is", api_name="/generate", mode="sampling", seed=seed, max_new_tokens=2)[2]
+        assert f"{seed}" in info.replace(",", "")

@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from biogpt.engine import DECODING_MODES, Engine, GenerationRequest, parse_stop_strings
+from biogpt.engine import DECODING_MODES, MAX_SEED, Engine, GenerationRequest, parse_stop_strings
 from biogpt.generation import DecodingStopped
 
 from . import plots, views
@@ -88,7 +88,7 @@ def build_generate_tab(engine: Engine) -> None:
                     with gr.Row():
                         num_return_sequences = gr.Slider(1, limits.max_return_sequences, value=1, step=1,
                                                          label="Sequences")
-                        seed = gr.Number(-1, precision=0, label="Seed (-1 = random)",
+                        seed = gr.Number(-1, precision=None, label=f"Seed (0 to {MAX_SEED:,}; -1 = random)",
                                          elem_id="gen-seed")
                     stop_strings = gr.Textbox("", label="Stop strings", placeholder="comma-separated, \\n for a newline")
                     gr.Markdown(
