@@ -41,6 +41,7 @@ from typing import Iterator
 
 import torch
 
+from . import kernels
 from .generation import DecodingStopped, SamplingRun, _Step, resolve_settings
 from .model import GroupedKVCache, row_invariant_linears
 
@@ -285,8 +286,10 @@ def find_row_block(model, max_rows: int) -> tuple[int, int]:
     2b, ... up to max_rows, m copies of that request decoded in one forward must each give the
     reference, bit for bit: a row's result then depends neither on its place nor on the rows
     beside it (kernels choose their method by shape, never by value). The first size that fails
-    caps batches below it.
+    caps batches below it. Distrusting "batch-rows" (biogpt.kernels) forces the fallback.
     """
+    if "batch-rows" in kernels.distrusted():
+        return 0, 0
     prompt = torch.randint(4, model.config.vocab_size, (1, 3), generator=torch.Generator().manual_seed(0))
     settings = resolve_settings(model.config, prompt.shape[1], max_new_tokens=2, do_sample=False, eos_token_id=None)
     with torch.inference_mode():

@@ -17,6 +17,10 @@ The paths, each a name a test or an operator can distrust:
   "int8pack"   aten._weight_int8pack_mm, weight-only int8 with bf16 activations
   "int4pack"   aten._weight_int4pack_mm_for_cpu, weight-only int4 with bf16 activations
 
+One more check lives with its user, since it is made per model: "batch-rows", the decode
+batcher's probe that each row of a shared forward is computed as it would be alone
+(biogpt.batching.find_row_block); where it fails, each request gets forwards of its own.
+
 BIOGPT_DISTRUST_KERNELS="fbgemm-u8,int4pack" (comma-separated names) treats those checks as
 failed, so every fallback can be forced and tested on any CPU. The checks themselves run once
 per process; the variable is read at each choice.
@@ -33,6 +37,7 @@ import torch
 
 DISTRUST_ENV = "BIOGPT_DISTRUST_KERNELS"
 PATHS = ("fbgemm-u8", "fbgemm-u7", "intmm", "int8pack", "int4pack")
+FORCIBLE = (*PATHS, "batch-rows")  # what BIOGPT_DISTRUST_KERNELS may name
 # What an int8 layer tries, in order, for each kernel it can be asked for.
 INT8_PREFERENCE = {
     "fbgemm": ("fbgemm-u8", "fbgemm-u7", "intmm", "int8pack"),
@@ -59,9 +64,9 @@ def distrusted() -> frozenset[str]:
     """The paths named in BIOGPT_DISTRUST_KERNELS (unknown names are refused, so a typo cannot
     leave a test running the path it meant to avoid)."""
     names = frozenset(n.strip() for n in os.environ.get(DISTRUST_ENV, "").split(",") if n.strip())
-    unknown = names - set(PATHS)
+    unknown = names - set(FORCIBLE)
     if unknown:
-        raise ValueError(f"{DISTRUST_ENV} names unknown kernels {sorted(unknown)}; use some of {', '.join(PATHS)}.")
+        raise ValueError(f"{DISTRUST_ENV} names unknown kernels {sorted(unknown)}; use some of {', '.join(FORCIBLE)}.")
     return names
 
 

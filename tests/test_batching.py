@@ -11,7 +11,7 @@ import torch
 
 from app_server import require_bundled_models
 from biogpt import BioGptForCausalLM
-from biogpt import batching
+from biogpt import batching, kernels
 from biogpt.batching import DecodeBatcher, decode_together, find_row_block
 from biogpt.engine import Engine, GenerationRequest
 from biogpt.generation import SamplingRun, generate_detailed, resolve_settings, stream
@@ -127,18 +127,23 @@ def test_engine_stream_through_the_batcher_is_identical_to_alone_and_stopping_it
     assert batcher.forwards - before <= 2  # at most the steps already computed ahead of the reader
 
 
-@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+@pytest.mark.parametrize("device", ["cpu", "cpu, rows distrusted", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))])
-def test_concurrent_requests_equal_their_lone_runs_on_each_device(odd_model, device):
-    """The engine's Generate path on whatever device the app runs on: on CUDA the probe decides
-    whether cuBLAS keeps rows independent (if not, requests are served one forward each), and
-    either way each request gets exactly its lone result."""
+def test_concurrent_requests_equal_their_lone_runs_on_each_device(odd_model, device, monkeypatch):
+    """The engine's Generate path on whatever device the app runs on: the probe decides whether
+    the kernels keep rows independent (if not, requests are served one forward each; forced on
+    this CPU by distrusting "batch-rows"), and either way each request gets exactly its lone result."""
     from biogpt.tokenizer import BioGptTokenizer
 
+    forced = device == "cpu, rows distrusted"
+    if forced:
+        monkeypatch.setenv(kernels.DISTRUST_ENV, "batch-rows")
+        device = "cpu"
     tokenizer = BioGptTokenizer.from_pretrained("bundled-tokenizer")
     model = copy.deepcopy(odd_model).to(device)
     batcher = DecodeBatcher(model)
     batcher.calibrate()
+    assert not (forced and batcher.row_block)
     print(f"{device}: row block {batcher.row_block}, at most {batcher.max_rows} rows per forward")
 
     def request(index: int):
