@@ -43,10 +43,11 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
+from .http_guard import MAX_BODY_BYTES
+
 API_PREFIX = "/gradio_api"
 # POST routes that put an event in the queue: the browser's and gradio_client's join, and the REST /call routes.
 _JOIN = re.compile(rf"^{API_PREFIX}/(?:queue/join|call/(?:v2/)?(?P<api_name>[^/]+))/?$")
-MAX_JOIN_BODY = 16 * 1024 * 1024  # bytes read to find the event; the app's own input caps are far smaller
 # GET routes that carry a session's answers: the browser's and gradio_client's stream, and REST /call's.
 _DATA = re.compile(rf"^{API_PREFIX}/(?:queue/data|call/(?:v2/)?[^/]+/(?P<event_id>[^/]+))/?$")
 # Seconds a running request may go on with nobody reading its session's stream (a join posted and
@@ -215,8 +216,8 @@ class _AdmissionMiddleware:
                 break
             body += message.get("body", b"")
             more = message.get("more_body", False)
-            if len(body) > MAX_JOIN_BODY:
-                await _answer(send, 413, f"The request has more than {MAX_JOIN_BODY // 2**20} MB; send less text.")
+            if len(body) > MAX_BODY_BYTES:  # http_guard refuses these first; kept for an app without it
+                await _answer(send, 413, f"The request has more than {MAX_BODY_BYTES // 2**20} MB; send less text.")
                 return
         fn = None
         api_name = match.group("api_name")
