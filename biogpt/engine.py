@@ -93,6 +93,9 @@ class Limits:
     max_no_repeat_ngram: int = 20
     # Beam searches are not merged by the batcher; more than this many at once wait their turn.
     max_parallel_beam_searches: int = 2
+    # Beam searches waiting for one of those turns (more are refused with a sentence); the
+    # Generate tab keeps its own slots for streams beside them (see ui/generate_tab.py).
+    max_waiting_beam_searches: int = 4
 
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
@@ -429,9 +432,6 @@ class Engine:
         self._device: str | None = None
         self._dtype: str | None = None
         self._beam_searches = threading.Semaphore(self.limits.max_parallel_beam_searches)
-        # Beam searches waiting for one of those turns, at most this many (more are refused with a
-        # sentence): the Generate tab keeps its own slots for streams (see ui/generate_tab.py).
-        self.max_waiting_beam_searches = 4
         self._beam_waiting = 0
         self._beam_waiting_lock = threading.Lock()
 
@@ -778,13 +778,13 @@ class Engine:
 
     def _take_beam_turn(self, should_stop: Callable[[], bool] | None = None) -> None:
         """Take one of the max_parallel_beam_searches turns (the caller releases it). At most
-        max_waiting_beam_searches wait for one (more are refused); a waiting one whose reader
+        limits.max_waiting_beam_searches wait for one (more are refused); a waiting one whose reader
         leaves gives up its place at once."""
         from .generation import DecodingStopped
 
         if not self._beam_searches.acquire(blocking=False):
             with self._beam_waiting_lock:
-                if self._beam_waiting >= self.max_waiting_beam_searches:
+                if self._beam_waiting >= self.limits.max_waiting_beam_searches:
                     raise InputError(
                         f"{self._beam_waiting} beam searches are already waiting for their turn; try again in a "
                         "minute, or use greedy or sampling, which are served together."

@@ -8,6 +8,8 @@ a request after its client left is counted in model forwards (a hook on the deco
 
 from __future__ import annotations
 
+import dataclasses
+
 import contextlib
 import json
 import socket
@@ -429,13 +431,13 @@ def test_a_beam_search_beyond_the_waiting_room_is_refused_with_a_sentence(app):
     engine = app.engine
     request = GenerationRequest(prompt="Naloxone reverses the", mode="beam search", num_beams=2, max_new_tokens=4)
     taken = [engine._beam_searches.acquire(blocking=False) for _ in range(engine.limits.max_parallel_beam_searches)]
-    saved, engine.max_waiting_beam_searches = engine.max_waiting_beam_searches, 0
+    saved, engine.limits = engine.limits, dataclasses.replace(engine.limits, max_waiting_beam_searches=0)
     try:
         assert all(taken)
         with pytest.raises(InputError, match="beam searches are already waiting"):
             list(engine.generate(request))
     finally:
-        engine.max_waiting_beam_searches = saved
+        engine.limits = saved
         for _ in taken:
             engine._beam_searches.release()
 

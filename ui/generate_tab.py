@@ -35,7 +35,7 @@ def generate_concurrency(engine: Engine) -> int | str:
     runs or lets wait (they wait inside a slot), so waiting beam searches never take the streams' slots."""
     if not engine.batching:
         return "default"
-    return BATCHED_CONCURRENCY + engine.limits.max_parallel_beam_searches + engine.max_waiting_beam_searches
+    return BATCHED_CONCURRENCY + engine.limits.max_parallel_beam_searches + engine.limits.max_waiting_beam_searches
 
 
 def build_generate_tab(engine: Engine) -> None:
