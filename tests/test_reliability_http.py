@@ -142,11 +142,14 @@ def test_uploads_are_refused_because_the_app_has_no_file_inputs(server):
     assert status == 403 and answer == {"error": "This app takes no file uploads."}
 
 
-def test_an_unknown_endpoint_and_a_private_ui_event_are_404_with_a_sentence(server):
+def test_an_unknown_endpoint_event_number_or_private_ui_event_is_404_with_a_sentence(server):
     for name in ("nosuch", "export", "show_groups"):
         status, answer = post(f"{server[0]}gradio_api/call/{name}", b'{"data": []}')
         assert status == 404, (name, status, answer)
         assert answer["error"].startswith("This app has no API endpoint of that name"), answer
+    unknown_event = json.dumps({"fn_index": 99_999, "data": [], "session_hash": "s" * 10}).encode()
+    status, answer = post(f"{server[0]}gradio_api/queue/join", unknown_event)
+    assert status == 404 and answer["error"].startswith("This app has no event of that number"), (status, answer)
 
 
 # ----- bad values --------------------------------------------------------------------------------

@@ -225,9 +225,13 @@ class _AdmissionMiddleware:
             fn = self.admission._fn(api_name=api_name)
         else:
             try:
-                fn = self.admission._fn(fn_index=json.loads(body).get("fn_index"))
+                fn_index = json.loads(body).get("fn_index")
             except (ValueError, AttributeError):
-                fn = None  # Gradio answers a malformed join itself
+                fn_index = None  # Gradio answers a malformed join itself
+            fn = self.admission._fn(fn_index=fn_index)
+            if fn is None and fn_index is not None:  # Gradio's own answer is a 500 (a KeyError inside)
+                await _answer(send, 404, "This app has no event of that number; /gradio_api/info lists the endpoints.")
+                return
         host = client_address(scope)
         key = None
         if fn is not None:  # every event joined counts, also UI-only ones a client could join by hand
