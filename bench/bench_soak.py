@@ -133,11 +133,16 @@ def main() -> None:
         time.sleep(20)  # the background preload of the bundled models
         start_rss = rss_mb(server.pid)
         peak = [start_rss]
+        by_minute: list[float] = []  # RSS at the end of each minute of load: a plateau or a climb
         stop_sampling = threading.Event()
+        load_started = time.monotonic()
 
         def sample() -> None:
             while not stop_sampling.wait(1.0):
-                peak[0] = max(peak[0], rss_mb(server.pid))
+                rss = rss_mb(server.pid)
+                peak[0] = max(peak[0], rss)
+                if time.monotonic() - load_started >= 60 * (len(by_minute) + 1) and len(by_minute) < args.minutes:
+                    by_minute.append(rss)
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -173,6 +178,7 @@ def main() -> None:
         print("errors by kind:" + ("".join(f"\n  {n:5d}  {kind}" for kind, n in errors.most_common()) or " none"))
         print(f"server RSS: start {start_rss:.0f} MB, peak {peak[0]:.0f} MB, end of load {end_rss:.0f} MB, "
               f"{args.settle:.0f} s later {settled_rss:.0f} MB")
+        print("RSS at the end of each minute of load, MB: " + " ".join(f"{rss:.0f}" for rss in by_minute))
         if results:
             print(f"mean latency of completed requests: {statistics.mean(r[2] for r in results if r[1] == 'ok'):.2f} s")
     finally:
