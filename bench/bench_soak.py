@@ -8,7 +8,7 @@ would), call it over Gradio's REST protocol (POST /gradio_api/call/NAME, then re
 stream), record latency and outcome. Reported: requests and errors by kind per endpoint,
 latency p50/p95 per endpoint, the server's RSS at start, its peak, and after a settling time.
 
-    python bench/bench_soak.py [--clients 32] [--minutes 10] [--settle 120] [-- APP FLAGS ...]
+    python bench/bench_soak.py [--clients 32] [--minutes 10] [--settle 120] [--warmup 20] [-- APP FLAGS ...]
 
 Loopback only; the loop is bounded in time and stops by itself.
 """
@@ -119,6 +119,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--settle", type=float, default=120.0, help="seconds to wait after the load before the last RSS")
+    parser.add_argument("--warmup", type=float, default=20.0, help="seconds for the app to preload before the load starts")
     parser.add_argument("app_flags", nargs="*", help="extra flags for app.py (after --)")
     args = parser.parse_args()
     print(machine())
@@ -130,7 +131,7 @@ def main() -> None:
     try:
         wait_for(url, timeout=120)
         argument_defaults = defaults(url)
-        time.sleep(20)  # the background preload of the bundled models
+        time.sleep(args.warmup)  # the background preload of the bundled models
         start_rss = rss_mb(server.pid)
         peak = [start_rss]
         by_minute: list[float] = []  # RSS at the end of each minute of load: a plateau or a climb

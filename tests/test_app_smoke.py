@@ -54,3 +54,12 @@ def test_int8_on_a_cpu_where_8_bit_fbgemm_fails_says_its_fallback_in_the_header_
         log = process.communicate(timeout=20)[0]
     assert "with <b>int8</b> weights (fbgemm, 7-bit activations; checked on this CPU)" in config
     assert "int8 layers use fbgemm, 7-bit activations, not fbgemm (fbgemm-u8 distrusted)." in log
+
+
+def test_the_soak_benchmark_runs_end_to_end_in_a_short_smoke_run():
+    """bench/bench_soak.py with 3 visitors for 6 s, so the prepared soak cannot break unnoticed."""
+    run = subprocess.run([sys.executable, "bench_soak.py", "--clients", "3", "--minutes", "0.1", "--settle", "1",
+                          "--warmup", "3"], cwd=REPO / "bench", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "errors by kind: none" in run.stdout, run.stdout
+    assert "server RSS: start" in run.stdout and "endpoint   requests" in run.stdout, run.stdout
