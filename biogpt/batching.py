@@ -42,8 +42,9 @@ from typing import Iterator
 import torch
 
 from . import kernels
-from .generation import DecodingStopped, SamplingRun, _Step, resolve_settings
-from .model import GroupedKVCache, row_invariant_linears
+from .generation import DecodingStopped, SamplingRun, Step, resolve_settings
+from .kv_cache import GroupedKVCache
+from .model import row_invariant_linears
 
 ROW_BLOCKS = (2, 4, 8, 16)
 # Prompt tokens fed per step of the others. microsoft/biogpt on 2 cores prefills 1,000 tokens in
@@ -59,7 +60,7 @@ CHOOSE_THREADS = 2
 @dataclass
 class _Request:
     run: SamplingRun
-    outbox: "queue.SimpleQueue[_Step | BaseException]" = field(default_factory=queue.SimpleQueue)
+    outbox: "queue.SimpleQueue[Step | BaseException]" = field(default_factory=queue.SimpleQueue)
     ahead: int = 0  # steps put in the outbox and not yet taken
     cancelled: bool = False
 
@@ -93,7 +94,7 @@ class DecodeBatcher:
 
     # ----- the reader's side ------------------------------------------------------------------
 
-    def steps(self, run: SamplingRun) -> Iterator[_Step]:
+    def steps(self, run: SamplingRun) -> Iterator[Step]:
         if run.mask is not None:  # padded prompts carry their own masks: decode them alone
             yield from run.steps(self.model)
             return
@@ -195,7 +196,7 @@ class DecodeBatcher:
             rows += request.run.rows
         return ready
 
-    def _deliver(self, request: _Request, item: _Step | BaseException) -> None:
+    def _deliver(self, request: _Request, item: Step | BaseException) -> None:
         with self._changed:
             request.ahead += 1
         request.outbox.put(item)
@@ -254,7 +255,7 @@ class DecodeBatcher:
         self._deliver(request, error)
 
 
-def _choose(run: SamplingRun, logits: torch.Tensor) -> _Step:
+def _choose(run: SamplingRun, logits: torch.Tensor) -> Step:
     with torch.inference_mode():  # on a pool thread: the run's tensors are inference tensors
         return run.choose(logits)
 
