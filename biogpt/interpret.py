@@ -9,8 +9,8 @@ keeps recent analyses keyed by (model id, text) and bounded by the bytes they ho
 Three things need the model's weights but not a new forward: the logit lens (the final layer
 norm and the output projection applied to stored hidden states, computed once per analysis and
 memoised) and the watch list (one position's full distribution at every layer). Two need new
-forward passes by nature: head ablation (`head_mask`) and the generation trace (a small greedy
-decoder that reads each step's attention out of the decoding itself, through the KV cache).
+forward passes by nature: head ablation (`head_mask`) and the generation trace (generation's
+greedy SamplingRun, reading each step's attention out of the decoding itself).
 
 Indices here are 0-based (layer 0 is the first decoder layer); the UI shows them 1-based.
 Nothing here imports gradio or plotly.
@@ -30,6 +30,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 import torch
 
+from .generation import SamplingRun, resolve_settings
 from .tokenizer import DASH_WORD, WORD_END, XML_ESCAPES
 
 TOP_K = 10  # next-token candidates kept at every position
@@ -669,25 +670,22 @@ def head_mask_for(heads: Sequence[tuple[int, int]], num_layers: int, num_heads: 
     return mask
 
 
+def greedy_run(model, prompt: Sequence[int], steps: int, **forward: Any):
+    """A one-row greedy generation.SamplingRun of at most `steps` tokens, ending at </s>;
+    `forward` reaches every model call (head_mask, output_attentions)."""
+    settings = resolve_settings(model.config, len(prompt), max_new_tokens=steps)
+    ids = torch.tensor([list(prompt)], device=model.device)
+    return SamplingRun(model, ids, None, settings, forward=forward)
+
+
 def greedy_continuation(model, ids: Sequence[int], steps: int, head_mask: torch.Tensor | None = None) -> list[int]:
     """Up to `steps` greedy tokens after `ids` (stops at </s>), optionally with heads switched off."""
-    from .model import KVCache
-
     limit = int(model.config.max_position_embeddings)
     steps = max(0, min(steps, limit - len(ids)))
-    eos = model.config.eos_token_id
-    cache = KVCache(model.config.num_hidden_layers, capacity=len(ids) + steps)
-    step_ids = torch.tensor([list(ids)], device=model.device)
-    out: list[int] = []
-    with torch.inference_mode():
-        for _ in range(steps):
-            logits = model(step_ids, past_key_values=cache, use_cache=True, head_mask=head_mask, logits_to_keep=1).logits
-            token = int(logits[0, -1].argmax())
-            out.append(token)
-            if token == eos:
-                break
-            step_ids = torch.tensor([[token]], device=model.device)
-    return out
+    if steps == 0:
+        return []
+    run = greedy_run(model, ids, steps, head_mask=head_mask)
+    return [int(step.tokens[0]) for step in run.steps(model)]
 
 
 def ablate(
@@ -747,32 +745,25 @@ class GenerationTrace:
 
 def trace_generation(model, tokenizer, analysis: Analysis, max_new_tokens: int = 20) -> GenerationTrace:
     """Greedy decoding with `output_attentions=True` at every step, through the KV cache."""
-    from .model import KVCache
-
     started = time.perf_counter()
     prompt = analysis.token_ids.tolist()
     limit = int(model.config.max_position_embeddings)
     if len(prompt) >= limit:
         raise ValueError(f"The text already fills the model's {limit} positions; there is no room to generate.")
     steps = max(1, min(int(max_new_tokens), limit - len(prompt)))
-    eos = model.config.eos_token_id
-    cache = KVCache(model.config.num_hidden_layers, capacity=len(prompt) + steps)
+    run = greedy_run(model, prompt, steps, output_attentions=True)
+    # The trace shows each chosen token's probability, and picks the most probable: choosing from
+    # the softmax (the run's last processor) keeps both exactly what they have always been.
+    run.processors.append(lambda ids, scores: torch.softmax(scores, -1))
     rows: list[np.ndarray] = []
     chosen: list[int] = []
     probs: list[float] = []
-    step_ids = torch.tensor([prompt], device=model.device)
-    with torch.inference_mode():
-        for _ in range(steps):
-            out = model(step_ids, past_key_values=cache, use_cache=True, output_attentions=True, logits_to_keep=1)
-            # One [heads, keys] row per layer: the last query's attention over everything so far.
-            rows.append(torch.stack([a[0, :, -1] for a in out.attentions]).to(torch.float16).cpu().numpy())
-            distribution = torch.softmax(out.logits[0, -1].float(), -1)
-            token = int(distribution.argmax())
-            chosen.append(token)
-            probs.append(float(distribution[token]))
-            if token == eos:
-                break
-            step_ids = torch.tensor([[token]], device=model.device)
+    for step in run.steps(model):
+        # One [heads, keys] row per layer: the last query's attention over everything so far.
+        rows.append(torch.stack([a[0, :, -1] for a in run.output.attentions]).to(torch.float16).cpu().numpy())
+        token = int(step.tokens[0])
+        chosen.append(token)
+        probs.append(float(step.scores[0, token]))
     total = len(prompt) + len(chosen)
     attentions = np.zeros((len(rows), *rows[0].shape[:2], total - 1), np.float16)
     for step, row in enumerate(rows):
