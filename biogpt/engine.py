@@ -33,6 +33,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from .devices import resolve_device
+
 ProgressCallback = Callable[[float, str], None]
 
 # --------------------------------------------------------------------------------------------
@@ -454,7 +456,7 @@ class Engine:
     @property
     def device(self) -> str:
         if self._device is None:
-            self._device = _resolve_device(self.requested_device)
+            self._device = resolve_device(self.requested_device)
         return self._device
 
     @property
@@ -1090,22 +1092,6 @@ class Engine:
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _resolve_device(requested: str) -> str:
-    import torch
-
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return "cuda"
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return "mps"
-        return "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for, but PyTorch sees no CUDA GPU here; use --device cpu.")
-    if requested == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ValueError("--device mps was asked for, but this PyTorch has no Apple GPU support; use --device cpu.")
-    return requested
 
 
 # Half of the memory: the rest is for the OS, activations, KV caches and cached analyses.
