@@ -1,0 +1,5 @@
+"""`python -m biogpt.train lm|ner|classify ...`"""
+
+from .cli import main
+
+main()
