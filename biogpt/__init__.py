@@ -15,7 +15,7 @@ _HOMES = {
     "BioGptForCausalLM": ".model",
     "BioGptForTokenClassification": ".model",
     "BioGptForSequenceClassification": ".model",
-    "KVCache": ".model",
+    "KVCache": ".kv_cache",
     "ModelOutput": ".model",
     "BioGptTokenizer": ".tokenizer",
 }
