@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from common import REPO, alternate, full_size_checkpoint, machine
+from common import alternate, full_size_checkpoint, machine
 
 PROMPTS = ["Aspirin is used to", "The patient developed", "Cisplatin-induced nephrotoxicity", "We report a case of",
            "In conclusion ,", "Tumor necrosis factor", "The results suggest that", "Hepatitis B virus",

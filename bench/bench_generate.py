@@ -61,7 +61,6 @@ def measure_speed(folder, repeats: int) -> dict[str, dict[str, float]]:
         raise SystemExit(f"outputs differ: ours {a.tolist()} transformers {b.tolist()}")
     whole = alternate({"ours": lambda: run(ours, NEW_TOKENS), "transformers": lambda: run(theirs, NEW_TOKENS)}, repeats)
     first = alternate({"ours": lambda: run(ours, 1), "transformers": lambda: run(theirs, 1)}, repeats)
-    del ours, theirs
     return {name: {"tokens_per_s": NEW_TOKENS / whole[name], "ttft": first[name]} for name in whole}
 
 

@@ -88,7 +88,8 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str |
     def copy_out(item: tuple[str, dict]) -> tuple[str, torch.Tensor]:
         name, info = item
         begin, end = (data_start + offset for offset in info["data_offsets"])
-        stored = data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+        # F821 below: `del data` runs only once the pool is done, which pyflakes cannot see.
+        stored = data[begin:end].view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])  # noqa: F821
         target = dtype if dtype is not None and stored.is_floating_point() else stored.dtype
         tensor = stored.to(device=device, dtype=target, copy=True)
         # The mapping is private and never written, so a dropped page shared with a neighbour

@@ -23,7 +23,6 @@ original, and quantize again at load (it takes a second or two).
 
 from __future__ import annotations
 
-import warnings
 from typing import Callable
 
 import torch

@@ -18,7 +18,7 @@ import torch
 from helpers import TINY, hf_checkpoint
 
 from biogpt import BioGptForCausalLM, KVCache
-from biogpt.generation import ContinuationText, generate, generate_detailed, stream
+from biogpt.generation import ContinuationText, generate_detailed, stream
 
 transformers = pytest.importorskip("transformers")
 transformers.logging.set_verbosity_error()

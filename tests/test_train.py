@@ -368,8 +368,8 @@ def assert_loads_both_ways(folder, head: str, ids: torch.Tensor):
 def test_lm_end_to_end(tmp_path, lm_files, tokenizer):
     jsonl, txt, test = lm_files
     out = tmp_path / "lm"
-    summary = T.main(["lm", "--train", str(jsonl), str(txt), "--test", str(test), "--out", str(out), "--block-size", "32",
-                      "--batch-size", "4", "--max-steps", "4", "--eval-every", "2", "--lr", "3e-3", *TINY])
+    T.main(["lm", "--train", str(jsonl), str(txt), "--test", str(test), "--out", str(out), "--block-size", "32",
+            "--batch-size", "4", "--max-steps", "4", "--eval-every", "2", "--lr", "3e-3", *TINY])
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "merges.txt", "metrics.json",
                                                       "model.safetensors", "tokenizer_config.json", "train_log.jsonl", "vocab.json"]
     metrics = json.loads((out / "metrics.json").read_text())

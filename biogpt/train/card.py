@@ -74,7 +74,7 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
               "Tokenizer: the BioGPT vocabulary and BPE merges from microsoft/BioGPT (MIT licence).",
               "", "## Training", "",
               f"- Initialised from: {info['init']}",
-              f"- Data sizes: " + ", ".join(f"{k} {v:,}" for k, v in task.sizes.items()),
+              "- Data sizes: " + ", ".join(f"{k} {v:,}" for k, v in task.sizes.items()),
               f"- Steps: {info['steps']} ({info['epochs_done']:.2f} epochs), best validation at step {info['best_step']}; "
               f"stopped because: {info['stop_reason']}",
               f"- Wall time: {info['wall_s'] / 60:.1f} min (training loop {info['train_s'] / 60:.1f} min) on {info['device_name']}, "
