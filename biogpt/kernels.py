@@ -166,11 +166,8 @@ def fbgemm_accumulates_exactly(reduce_range: bool, in_features: int = 256) -> bo
     if not fbgemm_available():
         return False
     levels = 127 if reduce_range else 255
-    rows = 32
-    q = torch.full((rows, in_features), 127, dtype=torch.int8)
-    q[1::2] = -127
-    q[2::4, ::2] = -127  # mixed signs too
-    scale = torch.full((rows,), 1.0 / 127)
+    q = _worst_case_weights(32, in_features)
+    scale = torch.full((q.shape[0],), 1.0 / 127)
     packed = fbgemm_pack(q, scale, None)
     for x in (torch.ones(1, in_features), -torch.ones(1, in_features),
               torch.linspace(-1, 1, in_features)[None], torch.linspace(0, 1, in_features)[None]):
@@ -197,11 +194,17 @@ def fbgemm_accumulates_exactly(reduce_range: bool, in_features: int = 256) -> bo
     return True
 
 
-def _worst_case_int8(rows: int = 32, in_features: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Activations and weights at +-127 with mixed signs: the operands that overflow a narrow sum."""
+def _worst_case_weights(rows: int, in_features: int) -> torch.Tensor:
+    """int8 weights at +-127, rows of one sign and rows of mixed signs: they overflow a narrow sum."""
     q = torch.full((rows, in_features), 127, dtype=torch.int8)
     q[1::2] = -127
     q[2::4, ::2] = -127
+    return q
+
+
+def _worst_case_int8(rows: int = 32, in_features: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Activations and weights at +-127 with mixed signs: the operands that overflow a narrow sum."""
+    q = _worst_case_weights(rows, in_features)
     x = torch.full((4, in_features), 127, dtype=torch.int8)
     x[1] = -127
     x[2, ::3] = -127
