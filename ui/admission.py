@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
-from .http_guard import MAX_BODY_BYTES
+from .http_guard import MAX_BODY_BYTES, send_refusal
 
 API_PREFIX = "/gradio_api"
 # POST routes that put an event in the queue: the browser's and gradio_client's join, and the REST /call routes.
@@ -217,7 +217,8 @@ class _AdmissionMiddleware:
             body += message.get("body", b"")
             more = message.get("more_body", False)
             if len(body) > MAX_BODY_BYTES:  # http_guard refuses these first; kept for an app without it
-                await _answer(send, 413, f"The request has more than {MAX_BODY_BYTES // 2**20} MB; send less text.")
+                await send_refusal(send, 413, f"The request has more than {MAX_BODY_BYTES // 2**20} MB; send less text.",
+                                   close=False, detail=True)
                 return
         fn = None
         api_name = match.group("api_name")
@@ -230,14 +231,15 @@ class _AdmissionMiddleware:
                 fn_index = None  # Gradio answers a malformed join itself
             fn = self.admission._fn(fn_index=fn_index)
             if fn is None and fn_index is not None:  # Gradio's own answer is a 500 (a KeyError inside)
-                await _answer(send, 404, "This app has no event of that number; /gradio_api/info lists the endpoints.")
+                await send_refusal(send, 404, "This app has no event of that number; /gradio_api/info lists the endpoints.",
+                                   close=False, detail=True)
                 return
         host = client_address(scope)
         key = None
         if fn is not None:  # every event joined counts, also UI-only ones a client could join by hand
             refused = self.admission.refusal(host, fn)
             if refused is not None:
-                await _answer(send, *refused)
+                await send_refusal(send, *refused, close=False, detail=True)
                 return
             key = (host, fn.concurrency_id)
             self.admission._joining[key] += 1
@@ -257,13 +259,6 @@ class _AdmissionMiddleware:
                 self.admission._joining[key] -= 1
                 if self.admission._joining[key] <= 0:
                     del self.admission._joining[key]
-
-
-async def _answer(send, status: int, sentence: str) -> None:
-    payload = json.dumps({"detail": sentence, "error": sentence}).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-    await send({"type": "http.response.body", "body": payload})
 
 
 def install(demo, limits: AdmissionLimits | None = None) -> Admission:

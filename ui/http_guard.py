@@ -40,11 +40,16 @@ REST_CALL = re.compile(r"/gradio_api/call/(?:v2/)?(?P<name>[^/]+)/?$")
 NO_ENDPOINT = "This app has no API endpoint of that name; /gradio_api/info lists them."
 
 
-async def _send_json(send, status: int, message: str) -> None:
-    body = json.dumps({"error": message}).encode("utf-8")
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+async def send_refusal(send, status: int, message: str, *, close: bool = True, detail: bool = False) -> None:
+    """Answer an ASGI request with `status` and one sentence as {"error": ...}, before the app sees
+    it. `close`: end the connection (a refused body may not have been read). `detail`: also put
+    the sentence under "detail", where Gradio's page reads it to show a toast (admission's refusals)."""
+    payload = {"detail": message, "error": message} if detail else {"error": message}
+    body = json.dumps(payload).encode("utf-8")
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -74,11 +79,11 @@ class RequestGuard:
             return
         path = scope.get("path", "")
         if path.rstrip("/").endswith(UPLOAD_SUFFIX):
-            await _send_json(send, 403, "This app takes no file uploads.")
+            await send_refusal(send, 403, "This app takes no file uploads.")
             return
         call = REST_CALL.search(path) if scope.get("method") == "POST" else None
         if call and call["name"] not in _public_api_names(scope):
-            await _send_json(send, 404, NO_ENDPOINT)
+            await send_refusal(send, 404, NO_ENDPOINT)
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
@@ -88,7 +93,7 @@ class RequestGuard:
             except ValueError:
                 too_large = True
             if too_large:
-                await _send_json(send, 413, self._too_large())
+                await send_refusal(send, 413, self._too_large())
                 return
             # The server never hands on more than Content-Length bytes: nothing more to count.
             await self.app(scope, receive, send)
@@ -106,7 +111,7 @@ class RequestGuard:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_body_bytes:
-                await _send_json(send, 413, self._too_large())
+                await send_refusal(send, 413, self._too_large())
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
