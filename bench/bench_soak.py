@@ -28,23 +28,15 @@ import time
 
 import httpx
 
-from common import REPO, machine
+from common import REPO, machine  # common also puts tests/ on sys.path
 
-sys.path.insert(0, str(REPO / "tests"))
 from app_server import free_port, wait_for  # noqa: E402
+from helpers import rss_mb  # noqa: E402
 
 EXAMPLES = json.loads((REPO / "assets" / "examples.json").read_text(encoding="utf-8"))
 # endpoint -> share of requests; Generate dominates as on the public demo.
 MIX = {"generate": 0.35, "ner": 0.2, "classify": 0.2, "zero_shot": 0.1, "pubmedqa": 0.05, "attention": 0.1}
 CANCEL_SHARE = 1 / 3  # of Generate streams, closed after the first update
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def first_inputs(rng: random.Random, endpoint: str) -> list:

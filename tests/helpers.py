@@ -18,6 +18,15 @@ ODD = dict(vocab_size=777, hidden_size=96, num_hidden_layers=5, num_attention_he
 FULL = dict()  # transformers' BioGptConfig defaults are microsoft/biogpt's shape
 
 
+def rss_mb(pid: int | str = "self") -> float:
+    """Resident memory of a process (this one by default) in MB, as the kernel counts it."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def perturb_(model: torch.nn.Module, seed: int = 0, scale: float = 20.0) -> None:
     """A fresh random BioGPT is nearly constant; scale matrices and jitter norms and biases.
 

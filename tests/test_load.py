@@ -20,20 +20,13 @@ from gradio_client.utils import QueueError
 
 from app_server import EXAMPLES, KNOWN_NER_TEXT, artifacts_dir, running_app
 from biogpt.engine import GenerationRequest
+from helpers import rss_mb
 
 USERS = 16
 ROUNDS = 2
 QUEUE_SIZE = 1
 CONCURRENCY = 1
 MAX_RSS_GROWTH_MB = 400  # the bundled models are loaded before the baseline; this bounds everything else
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class PeakMemory(threading.Thread):

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import random
 import shutil
 import time
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from app_server import BUNDLED_MODELS, require_bundled_models
+from helpers import rss_mb
 from biogpt import interpret
 from biogpt.engine import Engine, GenerationRequest, InputError
 
@@ -43,11 +43,6 @@ def long_text(seed: int, tokenizer, tokens: int = 1_000) -> str:
     while len(tokenizer.encode(text)) > tokens:
         text = text[: int(len(text) * 0.97)]
     return text
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def held_by(array: np.ndarray) -> int:
@@ -94,14 +89,14 @@ def test_rss_after_many_distinct_long_analyses_plateaus_within_the_cache_bound_a
     engine.analyze(long_text(100, tokenizer))  # warm-up: vocabulary labels, allocator arenas
     engine.interpreter.cache.clear()
     gc.collect()
-    baseline = rss_bytes()
+    baseline = rss_mb() * MB
     growth = []
     for text in texts:
         analysis = engine.analyze(text)
         assert analysis.length > 950
         del analysis
         gc.collect()
-        growth.append(rss_bytes() - baseline)
+        growth.append(rss_mb() * MB - baseline)
     assert engine.interpreter.cache.nbytes <= bound
     print(f"RSS growth over {len(texts)} analyses (MB): {[round(g / MB) for g in growth]}")
     assert max(growth) <= bound + margin, f"RSS grew {max(growth) / MB:.0f} MB; bound {bound / MB:.0f} + margin {margin / MB:.0f}"
