@@ -79,7 +79,7 @@ def busy_port_exit(host: str, port: int) -> None:
 
 def build(args: argparse.Namespace):
     """The engine and the queued app, not yet launched."""
-    from biogpt.engine import Engine
+    from biogpt.serving import Engine
     from ui import create_app
     from ui.admission import AdmissionLimits, install as install_admission
 

@@ -38,7 +38,7 @@ NEW_TOKENS = 64
 
 
 def make_engine(model: str, batching: bool):
-    from biogpt.engine import Engine
+    from biogpt.serving import Engine
 
     folder = str(full_size_checkpoint()) if model == "full" else "bundled"
     return Engine(default_model=folder, device="cpu", dtype="float32", batching=batching), folder
@@ -47,7 +47,7 @@ def make_engine(model: str, batching: bool):
 def one_request(engine, folder: str, index: int) -> list[tuple[int, float]]:
     """The engine's decoding of one Generate request (a stream through the model's batcher, as in
     Engine._stream_one), with eos off so that every request makes all its tokens."""
-    from biogpt.engine import GenerationRequest
+    from biogpt.serving import GenerationRequest
     from biogpt.generation import stream
 
     request = GenerationRequest(prompt=PROMPTS[index % len(PROMPTS)], model=folder, max_new_tokens=NEW_TOKENS)
@@ -112,7 +112,7 @@ def long_prompt_joins(loaded, batcher, settings: dict, running: int = 7) -> tupl
 
 def long_prompt_main(model: str, repeats: int) -> None:
     from biogpt.batching import PREFILL_CHUNK, DecodeBatcher
-    from biogpt.engine import GenerationRequest
+    from biogpt.serving import GenerationRequest
 
     engine, folder = make_engine(model, batching=True)
     loaded = engine.load(folder, "generate")

@@ -14,7 +14,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from app_server import BUNDLED_MODELS, EXAMPLES, KNOWN_NER_TEXT, running_app
-from biogpt.engine import GenerationRequest
+from biogpt.serving import GenerationRequest
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from app_server import require_bundled_models
 from biogpt import BioGptForCausalLM
 from biogpt import batching, kernels
 from biogpt.batching import DecodeBatcher, decode_together, find_row_block
-from biogpt.engine import Engine, GenerationRequest
+from biogpt.serving import Engine, GenerationRequest
 from biogpt.generation import SamplingRun, generate_detailed, resolve_settings, stream
 from helpers import ODD, hf_checkpoint
 

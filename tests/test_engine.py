@@ -1,4 +1,4 @@
-"""biogpt.engine on the bundled models: loading once, streaming, NER, classification, limits;
+"""biogpt.serving on the bundled models: loading once, streaming, NER, classification, limits;
 and the pure views and plots built from its results."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from app_server import BUNDLED_MODELS, KNOWN_NER_TEXT, require_bundled_models
-from biogpt.engine import (
+from biogpt.serving import (
     Engine,
     Entity,
     GenerationRequest,

@@ -19,7 +19,7 @@ from gradio_client import Client
 from gradio_client.utils import QueueError
 
 from app_server import EXAMPLES, KNOWN_NER_TEXT, artifacts_dir, running_app
-from biogpt.engine import GenerationRequest
+from biogpt.serving import GenerationRequest
 from helpers import rss_mb
 
 USERS = 16

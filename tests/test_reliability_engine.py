@@ -17,7 +17,7 @@ import torch
 from app_server import BUNDLED_MODELS, require_bundled_models
 from helpers import rss_mb
 from biogpt import interpret
-from biogpt.engine import Engine, GenerationRequest, InputError
+from biogpt.serving import Engine, GenerationRequest, InputError
 
 MB = 2**20
 # Common words of PubMed abstracts, most one token each; random orders of them make long texts
@@ -148,7 +148,7 @@ def test_bfloat16_on_a_cpu_without_bf16_instructions_is_allowed_but_logged_and_n
     require_bundled_models()
     monkeypatch.setenv("BIOGPT_CPU_FLAGS", "sse4_2 avx2 fma")
     engine = Engine(device="cpu", dtype="bfloat16")
-    with caplog.at_level(logging.WARNING, logger="biogpt.engine"):
+    with caplog.at_level(logging.WARNING, logger="biogpt.serving"):
         assert engine.dtype == "bfloat16"
     assert "about 5x" in engine.dtype_note and "about 5x" in caplog.text
     result = engine.classify("Tumour cells evade apoptosis.", model="bundled-hoc")
@@ -172,7 +172,7 @@ def sampled(engine: Engine, seed) -> tuple[str, int]:
 
 
 def test_every_seed_up_to_the_stated_limit_is_used_exactly_and_no_other_is_accepted(engine):
-    from biogpt.engine import MAX_SEED
+    from biogpt.serving import MAX_SEED
 
     assert MAX_SEED == 2**32 - 1  # torch's CPU generator keeps 32 bits of a seed
     assert sampled(engine, MAX_SEED)[1] == MAX_SEED

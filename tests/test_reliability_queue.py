@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app_server import CHROMIUM, EXAMPLES, KNOWN_NER_TEXT, chromium_page, running_app
-from biogpt.engine import GenerationRequest, InputError
+from biogpt.serving import GenerationRequest, InputError
 from biogpt.generation import DecodingStopped
 from ui import admission
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from biogpt.engine import Engine
+from biogpt.serving import Engine
 
 from .attention_tab import build_attention_tab
 from .classify_tab import build_classify_tab

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from biogpt.engine import ZERO_SHOT_TEMPLATE, Engine
+from biogpt.serving import ZERO_SHOT_TEMPLATE, Engine
 
 from . import plots, views
 from .common import friendly_errors, load_examples, model_dropdown, progress_reporter

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
-from biogpt.engine import Engine, InputError
+from biogpt.serving import Engine, InputError
 
 from .views import visitor_text
 

@@ -7,7 +7,7 @@ import time
 
 import gradio as gr
 
-from biogpt.engine import DECODING_MODES, MAX_SEED, Engine, GenerationRequest, parse_stop_strings
+from biogpt.serving import DECODING_MODES, MAX_SEED, Engine, GenerationRequest, parse_stop_strings
 from biogpt.generation import DecodingStopped
 
 from . import plots, views

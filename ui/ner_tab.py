@@ -6,7 +6,7 @@ import json
 
 import gradio as gr
 
-from biogpt.engine import NER_AGGREGATIONS, Engine
+from biogpt.serving import NER_AGGREGATIONS, Engine
 
 from . import views
 from .common import friendly_errors, load_examples, model_dropdown, progress_reporter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from biogpt.engine import AnswerResult, ClassificationResult
+from biogpt.serving import AnswerResult, ClassificationResult
 
 from .views import visitor_text
 

@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from biogpt.engine import AnswerResult, ClassificationResult, GenerationResult, NerResult
+from biogpt.serving import AnswerResult, ClassificationResult, GenerationResult, NerResult
 
 EXPORT_DIR = Path(tempfile.gettempdir()) / "biogpt-studio-exports"
 MAX_EXPORT_FILES = 500  # exports are named by content, so this bounds the folder

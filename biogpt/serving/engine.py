@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .devices import resolve_device
+from ..devices import resolve_device
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -476,7 +476,7 @@ class Engine:
         bf16 stays allowed on CPUs without bf16 instructions (a user may insist), but it is
         emulated there and prefills about 5x slower than float32, so the header and every result say so.
         """
-        from .cpu import fast_bf16
+        from ..cpu import fast_bf16
 
         if self._dtype == "bfloat16" and self.device == "cpu" and not fast_bf16():
             return ("bfloat16 is emulated on this CPU (no AVX-512): it reads prompts about 5x "
@@ -487,7 +487,7 @@ class Engine:
     def quantization_note(self) -> str:
         """Which kernels the quantized weights run here, e.g. "fbgemm, 7-bit activations (checked
         on this CPU)"; "" without CPU quantization."""
-        from .quantize import kernel_note
+        from ..quantize import kernel_note
 
         return kernel_note(self.quantize) if self.device == "cpu" else ""
 
@@ -545,8 +545,8 @@ class Engine:
         """The bytes the checkpoint's weights will take here, from its config.json alone."""
         import torch
 
-        from .config import BioGptConfig
-        from .loading import resolve_model_dir, weight_bytes_estimate
+        from ..config import BioGptConfig
+        from ..loading import resolve_model_dir, weight_bytes_estimate
 
         (progress or (lambda fraction, message: None))(0.02, f"Reading the configuration of {name}")
         config_file = resolve_model_dir(name, ["config.json"]) / "config.json"  # hub models: only this file so far
@@ -608,8 +608,8 @@ class Engine:
     def _load(self, name: str, task: str, progress: ProgressCallback | None) -> LoadedModel:
         import torch
 
-        from . import model as modeling
-        from .loading import resolve_model_dir
+        from .. import model as modeling
+        from ..loading import resolve_model_dir
 
         report = progress or (lambda fraction, message: None)
         started = time.perf_counter()
@@ -629,7 +629,7 @@ class Engine:
         tokenizer = self._tokenizer_for(folder, model.config.vocab_size)
         batcher = None
         if task == "generate" and self.batching:
-            from .batching import DecodeBatcher
+            from ..batching import DecodeBatcher
 
             batcher = DecodeBatcher(model)
         return LoadedModel(
@@ -649,8 +649,8 @@ class Engine:
         Tokenizers are shared between models with identical files (the bundled models all carry
         a copy of the same one).
         """
-        from .loading import shown_name
-        from .tokenizer import BioGptTokenizer
+        from ..loading import shown_name
+        from ..tokenizer import BioGptTokenizer
 
         if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
             digest = hashlib.sha1((folder / "vocab.json").read_bytes() + (folder / "merges.txt").read_bytes()).hexdigest()
@@ -716,7 +716,7 @@ class Engine:
             )
 
     def _stream_one(self, loaded, prompt, ids, kwargs, settings, should_stop=None) -> Iterator[GenerationResult]:
-        from .generation import stream
+        from ..generation import stream
 
         try:
             events = stream(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, should_stop=should_stop, **kwargs)
@@ -749,7 +749,7 @@ class Engine:
             events.close()
 
     def _generate_batch(self, loaded, prompt, ids, kwargs, settings, should_stop=None) -> Iterator[GenerationResult]:
-        from .generation import generate_detailed
+        from ..generation import generate_detailed
 
         beam_search = kwargs.get("num_beams", 1) > 1
         started = time.perf_counter()
@@ -782,7 +782,7 @@ class Engine:
         """Take one of the max_parallel_beam_searches turns (the caller releases it). At most
         limits.max_waiting_beam_searches wait for one (more are refused); a waiting one whose reader
         leaves gives up its place at once."""
-        from .generation import DecodingStopped
+        from ..generation import DecodingStopped
 
         if not self._beam_searches.acquire(blocking=False):
             with self._beam_waiting_lock:
@@ -893,7 +893,7 @@ class Engine:
         probability; "auto" uses the piece the model was trained to tag (config.json says which).
         Words are Moses words and spans are character offsets, via the tokenizer's offsets.
         """
-        from .ner import NerEncoded, NerSettings, ner_piece_probabilities, split_words, tags_to_spans
+        from ..ner import NerEncoded, NerSettings, ner_piece_probabilities, split_words, tags_to_spans
 
         text = clean_text(text, "text", self.limits.max_document_chars)
         if aggregation not in NER_AGGREGATIONS:
@@ -1041,7 +1041,7 @@ class Engine:
     @property
     def interpreter(self):
         if getattr(self, "_interpreter", None) is None:
-            from .interpret import Interpreter
+            from ..interpret import Interpreter
 
             sizes = {} if self.analysis_cache_bytes is None else {"max_bytes": int(self.analysis_cache_bytes)}
             self._interpreter = Interpreter(lambda name: self.load(name, "generate"), self.default_choice("generate"), **sizes)
