@@ -21,7 +21,7 @@ import transformers
 
 from biogpt.tokenizer import BioGptTokenizer, bpe_merge
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "data"
 TOKENIZER_DIRS = {"biogpt": REPO / "assets/tokenizers/biogpt", "biogpt-large": REPO / "assets/tokenizers/biogpt-large"}
 SPECIAL_TOKENS = {"<s>", "<pad>", "</s>", "<unk>"}
