@@ -64,6 +64,10 @@ class BuildOnceLRU(Generic[Value]):
         with self._lock:
             return list(self._entries.values())
 
+    def items(self) -> list[tuple[Hashable, Value]]:
+        with self._lock:
+            return list(self._entries.items())
+
     @property
     def nbytes(self) -> int:
         """What the entries hold now, as `size` counts it."""
@@ -96,11 +100,13 @@ class BuildOnceLRU(Generic[Value]):
                 return value
             try:
                 value = build()
-            finally:
+            except BaseException:
                 with self._lock:
                     self._building.pop(key, None)
-            with self._lock:
+                raise
+            with self._lock:  # stored and unmarked at once: a caller in between would build it again
                 self._entries[key] = value
+                self._building.pop(key, None)
             self.trim(keep=1)
             return value
 
@@ -124,7 +130,8 @@ class BuildOnceLRU(Generic[Value]):
         bytes (entries plus reservations) are over their bounds."""
         bound = self.byte_bound()
         # Sizes are read outside the lock: a value may take its own lock to count itself.
-        entries = list(zip(self.keys(), self.values())) if bound is not None else []
+        # One snapshot: keys and values read under two locks could pair a key with another's value.
+        entries = self.items() if bound is not None else []
         sizes = {key: self.size(value) for key, value in entries}
         del entries
         with self._lock:

@@ -1,0 +1,57 @@
+"""Looking inside BioGPT: one forward pass becomes an `Analysis`; every view is derived from it.
+
+One module per concern:
+  analysis       `analyze` (one forward with attentions and hidden states, kept as numpy) and the
+                 `Analysis` it returns, whose views are memoised; `nbytes`/`owned` for its memory
+  attention      per-head statistics, rollout, token links and the heatmap's display steps
+  hidden_states  hidden-state norms and PCA paths
+  labels         readable token strings (BPE pieces, the vocabulary, an analysed text)
+  lens           the logit lens and the watch list (the model's weights, no new forward)
+  probes         head ablation and the generation trace (new forwards, through generation's run)
+  cache          `AnalysisCache` (a byte-bounded biogpt.lru.BuildOnceLRU) and the `Interpreter`
+                 the engine delegates to
+
+Indices here are 0-based (layer 0 is the first decoder layer); the UI shows them 1-based.
+Nothing here imports gradio or plotly.
+"""
+
+from .analysis import TOP_K, Analysis, analyze, nbytes, owned, too_long_message
+from .attention import (
+    AGGREGATES,
+    STATISTICS,
+    HeatmapCells,
+    block_max,
+    causal_mask,
+    head_statistics,
+    heatmap_cells,
+    hide_first_token,
+    mean_over,
+    rollout,
+    threshold,
+    token_links,
+    window,
+)
+from .cache import DEFAULT_CACHE_BYTES, AnalysisCache, Interpreter, release_free_memory
+from .hidden_states import hidden_norms, pca_trajectories
+from .labels import CONTINUES, input_labels, piece_label, vocab_labels
+from .lens import LENS_K, LogitLens, WatchList, lens_column, lens_project, logit_lens, watch_ranks, word_token
+from .probes import (
+    Ablation,
+    GenerationTrace,
+    ablate,
+    greedy_continuation,
+    greedy_run,
+    head_mask_for,
+    parse_heads,
+    trace_generation,
+)
+
+__all__ = [
+    "AGGREGATES", "CONTINUES", "DEFAULT_CACHE_BYTES", "LENS_K", "STATISTICS", "TOP_K",
+    "Ablation", "Analysis", "AnalysisCache", "GenerationTrace", "HeatmapCells", "Interpreter", "LogitLens", "WatchList",
+    "ablate", "analyze", "block_max", "causal_mask", "greedy_continuation", "greedy_run", "head_mask_for",
+    "head_statistics", "heatmap_cells", "hidden_norms", "hide_first_token", "input_labels", "lens_column", "lens_project",
+    "logit_lens", "mean_over", "nbytes", "owned", "parse_heads", "pca_trajectories", "piece_label", "release_free_memory",
+    "rollout", "threshold", "token_links", "too_long_message", "trace_generation", "vocab_labels", "watch_ranks",
+    "window", "word_token",
+]
