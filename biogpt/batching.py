@@ -13,7 +13,7 @@ Each result is identical, bit for bit, to what the request gets through the batc
 That needs care: a matrix product does not compute a row the same way for every number of
 rows (MKL, behind F.linear, uses another kernel for a single row and treats rows past a
 multiple of 4 apart). So the shared forwards run their linear layers through oneDNN
-(`model.row_invariant_linears`), which gives a row the same bits for any even number of rows
+(`biogpt.row_invariant`), which gives a row the same bits for any even number of rows
 (and decodes one row about twice as fast as MKL here), every forward is padded to a multiple
 of a row block, and before first use a probe checks on this model and machine, for every
 padded size up to `max_rows`, that each row of a forward equals the same request's logits
@@ -44,7 +44,7 @@ import torch
 from . import kernels
 from .generation import DecodingStopped, SamplingRun, Step, resolve_settings
 from .kv_cache import GroupedKVCache
-from .model import row_invariant_linears
+from .row_invariant import row_invariant_linears
 
 ROW_BLOCKS = (2, 4, 8, 16)
 # Prompt tokens fed per step of the others. microsoft/biogpt on 2 cores prefills 1,000 tokens in

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from .generation import SamplingRun, resolve_settings
+from .kv_cache import StaticKVCache
 from .model import POSITION_OFFSET
 
 # Eager runs before capture: they let cuBLAS and the SDPA kernels pick and allocate their
@@ -45,32 +46,6 @@ WARMUP_STEPS = 3
 # The attention mask's last dimension is the capacity; multiples of 16 keep the memory-efficient
 # SDPA kernel from padding the mask on every step.
 CAPACITY_MULTIPLE = 16
-
-
-class StaticKVCache:
-    """Per-layer key and value buffers of fixed shape, written at one device-side position.
-
-    It answers the model's attention the way KVCache does (`update(layer, key, value)` returns
-    the keys and values to attend over), so the decoder layers run unchanged; here those are
-    always the whole buffers, and the attention mask says which slots count.
-    """
-
-    def __init__(self, num_layers: int, batch: int, heads: int, capacity: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device, position: torch.Tensor):
-        shape = (batch, heads, capacity, head_dim)
-        # Zeros, never torch.empty: a masked slot still enters P @ V with weight 0, and 0 * NaN is NaN.
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
-        self.position = position  # [1] long, shared with the decoder
-
-    def update(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self.keys[layer].index_copy_(2, self.position, key)
-        self.values[layer].index_copy_(2, self.position, value)
-        return self.keys[layer], self.values[layer]
-
-    def reset(self) -> None:
-        for buffer in self.keys + self.values:
-            buffer.zero_()
 
 
 class GraphedDecoder:

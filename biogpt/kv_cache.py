@@ -1,15 +1,37 @@
-"""The KV caches the decoder attends through.
+"""The KV caches the decoder attends through, and the one protocol they share.
 
 KVCache holds one request's keys and values in preallocated buffers; GroupedKVCache lets the
 decode batcher (biogpt.batching) run several requests' rows through one forward while each
-attends to its own KVCache. They live apart from the model so that decoding code (biogpt.generation)
-can build caches without importing the model module.
+attends to its own KVCache; StaticKVCache is the fixed-shape cache that GraphedDecoder
+(biogpt.graphed) records as a CUDA graph. They live apart from the model so that decoding code
+(biogpt.generation) can build caches without importing the model module: the model imports
+this module, never the other way round.
 """
 
 from __future__ import annotations
 
+from typing import Callable, Protocol
+
 import torch
-import torch.nn.functional as F
+
+# The model's own attention of queries over keys and values: (output, weights or None).
+Attention = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, "torch.Tensor | None"]]
+
+
+class Cache(Protocol):
+    """What a decoder layer's attention asks of a cache: one call, and no other branch.
+
+    `attend(layer, q, k, v, attention)` stores the new keys and values `k`, `v` of `layer`
+    ([batch, heads, new, head_dim]) and returns `attention(q, keys, values)` over the keys and
+    values to attend to: the cached ones and the new ones. A cache decides what those are
+    (a growing prefix, a fixed buffer, or one call per request of a group); the arithmetic is
+    always the model's. Caches passed to the model's forward (KVCache, GroupedKVCache) also
+    have `length` (positions cached before this forward) and `advance(steps)` (called once
+    all layers are done); StaticKVCache's position is kept by GraphedDecoder.
+    """
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               attention: Attention) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
 
 class KVCache:
@@ -34,6 +56,9 @@ class KVCache:
         self.keys[layer][:, :, self.length:end] = key
         self.values[layer][:, :, self.length:end] = value
         return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: Attention):
+        return attention(q, *self.update(layer, k, v))
 
     def _grow(self, layer: int, like: torch.Tensor, needed: int) -> None:
         old_keys, old_values = self.keys[layer], self.values[layer]
@@ -74,7 +99,8 @@ class GroupedKVCache:
 
     The rows of all requests go through the linear layers at once (the weights are read once
     for all of them), while attention runs per request against that request's own KVCache,
-    with the same call as when it is decoded alone. `groups` lists (cache, rows) in row order;
+    with the same call as when it is decoded alone (the batcher passes no mask, so that is SDPA
+    without one). `groups` lists (cache, rows) in row order;
     rows past them are padding, whose attention output is zero and whose logits are ignored.
     """
 
@@ -87,19 +113,45 @@ class GroupedKVCache:
         """The longest request's cache: the model checks positions against it."""
         return max(cache.length for cache, _ in self.groups)
 
-    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: Attention):
         if q.shape[2] != 1:
             raise ValueError("Requests decoded together feed one token per row.")
         outputs, start = [], 0
         for cache, rows in self.groups:
             end = start + rows
-            keys, values = cache.update(layer, k[start:end], v[start:end])
-            outputs.append(F.scaled_dot_product_attention(q[start:end], keys, values, scale=scale))
+            out, _ = cache.attend(layer, q[start:end], k[start:end], v[start:end], attention)
+            outputs.append(out)
             start = end
         if start < self.padded_rows:
             outputs.append(q.new_zeros(self.padded_rows - start, *q.shape[1:]))
-        return torch.cat(outputs)
+        return torch.cat(outputs), None
 
     def advance(self, steps: int) -> None:
         for cache, _ in self.groups:
             cache.advance(steps)
+
+
+class StaticKVCache:
+    """Per-layer key and value buffers of fixed shape, written at one device-side position.
+
+    GraphedDecoder's step writes the new token's keys and values at slot `position` (a device
+    tensor shared with the decoder, so nothing depends on a host-side value) and attends over
+    the whole buffers; its attention mask says which slots count.
+    """
+
+    def __init__(self, num_layers: int, batch: int, heads: int, capacity: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device, position: torch.Tensor):
+        shape = (batch, heads, capacity, head_dim)
+        # Zeros, never torch.empty: a masked slot still enters P @ V with weight 0, and 0 * NaN is NaN.
+        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.position = position  # [1] long, shared with the decoder
+
+    def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attention: Attention):
+        self.keys[layer].index_copy_(2, self.position, k)
+        self.values[layer].index_copy_(2, self.position, v)
+        return attention(q, self.keys[layer], self.values[layer])
+
+    def reset(self) -> None:
+        for buffer in self.keys + self.values:
+            buffer.zero_()

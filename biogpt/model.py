@@ -1,4 +1,7 @@
-"""BioGPT on plain PyTorch: the decoder and the three task heads (the KV caches are in biogpt.kv_cache).
+"""BioGPT on plain PyTorch: the decoder and the three task heads.
+
+The KV caches, and the one call attention makes on them, are in biogpt.kv_cache; the linear
+layers go through biogpt.row_invariant, which only the decode batcher switches to oneDNN.
 
 Numerically this is transformers' BioGPT (the module and weight names are the same, so
 checkpoints load both ways): token embeddings scaled by sqrt(d), learned positions looked up at
@@ -8,9 +11,8 @@ position + 2, pre-LayerNorm decoder layers with erf GELU, and a final LayerNorm.
 from __future__ import annotations
 
 import math
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,53 +21,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import BioGptConfig
-from .kv_cache import GroupedKVCache, KVCache
+from .kv_cache import Cache, KVCache
+from .row_invariant import linear
 
 # transformers builds every nn.LayerNorm without passing config.layer_norm_eps (1e-12), so the
 # eps it really applies is PyTorch's default. Using 1e-12 would change low-variance activations.
 LAYER_NORM_EPS = 1e-5
 # fairseq reserved the first two position slots (padding_idx + 1), so position p uses row p + 2.
 POSITION_OFFSET = 2
-
-
-# Which matrix kernel the decoder's linear layers use, per thread (see row_invariant_linears).
-_KERNELS = threading.local()
-
-
-@contextmanager
-def row_invariant_linears():
-    """On this thread, compute the decoder's fp32 CPU linear layers with oneDNN instead of MKL.
-
-    MKL (behind F.linear) computes a single row with another kernel than several rows, so one
-    row's result depends on how many rows share the call. oneDNN's matmul gives every row the
-    same bits for any even number of rows, and decodes a single row about twice as fast here;
-    the decode batcher (biogpt.batching) runs its shared forwards inside this, with rows padded
-    to a probed block. Everywhere else F.linear stays, the kernel transformers uses.
-    """
-    before = getattr(_KERNELS, "onednn", False)
-    _KERNELS.onednn = _ONEDNN_LINEAR is not None
-    try:
-        yield
-    finally:
-        _KERNELS.onednn = before
-
-
-def _find_onednn_linear():
-    op = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
-    return op if op is not None and torch.backends.mkldnn.is_available() else None
-
-
-_ONEDNN_LINEAR = _find_onednn_linear()
-
-
-def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """module(x), through oneDNN inside row_invariant_linears() when it is a plain fp32 CPU nn.Linear."""
-    if getattr(_KERNELS, "onednn", False) and type(module) is nn.Linear and x.device.type == "cpu" \
-            and x.dtype == torch.float32 and module.weight.dtype == torch.float32:
-        rows = x.reshape(-1, x.shape[-1])
-        out = _ONEDNN_LINEAR(rows, module.weight, module.bias, "none", [], "")
-        return out.view(*x.shape[:-1], out.shape[-1])
-    return module(x)
 
 
 @dataclass
@@ -100,7 +63,7 @@ class BioGptAttention(nn.Module):
         x: torch.Tensor,
         bias: torch.Tensor | None,
         is_causal: bool,
-        cache: KVCache | None,
+        cache: Cache | None,
         layer: int,
         head_mask: torch.Tensor | None,
         output_attentions: bool,
@@ -110,14 +73,16 @@ class BioGptAttention(nn.Module):
         q = linear(self.q_proj, x).view(split).transpose(1, 2)
         k = linear(self.k_proj, x).view(split).transpose(1, 2)
         v = linear(self.v_proj, x).view(split).transpose(1, 2)
-        weights = None
-        if isinstance(cache, GroupedKVCache):
-            out = cache.attend(layer, q, k, v, self.scaling)
-            return linear(self.out_proj, out.transpose(1, 2).reshape(batch, length, dim)), weights
-        if cache is not None:
-            k, v = cache.update(layer, k, v)
-        dropout = self.dropout if self.training else 0.0
+        attention = partial(self.attention, bias=bias, is_causal=is_causal, head_mask=head_mask,
+                            output_attentions=output_attentions)
+        out, weights = attention(q, k, v) if cache is None else cache.attend(layer, q, k, v, attention)
+        out = out.transpose(1, 2).reshape(batch, length, dim)
+        return linear(self.out_proj, out), weights
 
+    def attention(self, q, k, v, bias, is_causal, head_mask, output_attentions):
+        """Attention of q over the keys and values k, v: (output, weights if output_attentions)."""
+        dropout = self.dropout if self.training else 0.0
+        weights = None
         if output_attentions:
             # Eager path, written as transformers writes it so the weights match to the last bit.
             scores = torch.matmul(q, k.transpose(2, 3)) * self.scaling
@@ -134,8 +99,7 @@ class BioGptAttention(nn.Module):
             if head_mask is not None:
                 # Scaling a head's probabilities scales its output by the same factor: P @ V is linear in P.
                 out = out * head_mask.view(1, -1, 1, 1)
-        out = out.transpose(1, 2).reshape(batch, length, dim)
-        return linear(self.out_proj, out), weights
+        return out, weights
 
 
 class BioGptDecoderLayer(nn.Module):
@@ -232,7 +196,7 @@ class BioGptModel(BioGptPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         head_mask: torch.Tensor | None = None,
-        past_key_values: KVCache | tuple | None = None,
+        past_key_values: Cache | tuple | None = None,
         use_cache: bool | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
