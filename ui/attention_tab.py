@@ -2,9 +2,9 @@
 
 Thin by design: every control calls `render_view` with the whole state of the controls; it asks
 the engine for the analysis (cached by model and text, so only a new text runs the model), picks
-the numbers one view needs from `biogpt.interpret`, and hands them to a builder in
-`ui.attention_plots`. `/attention` on the API is the same function with the text first and every
-other argument defaulted.
+the numbers one view needs from it (the `Analysis` and the engine's views), and hands them to a
+builder in `ui.attention_plots`. `/attention` on the API is the same function with the text first
+and every other argument defaulted: the fields of `Controls`, listed once.
 
 Positions are numbered from 0 (token #0 is the `</s>` marker BioGPT puts first, so the text's
 first token is #1); layers and heads are numbered from 1 as in papers.
@@ -12,16 +12,15 @@ first token is #1); layers and heads are numbered from 1 as in papers.
 
 from __future__ import annotations
 
-import csv
+import inspect
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from biogpt import interpret
 from ui import attention_plots as plots
 from ui import views
 
@@ -30,7 +29,6 @@ AGGREGATE_CHOICES = [
     ("One head", "head"), ("Mean of this layer's heads", "heads"), ("Mean of this head across layers", "layers"),
     ("Mean of every head", "all"), ("Rollout up to this layer", "rollout"),
 ]
-STATISTIC_CHOICES = [(label, key) for key, label in interpret.STATISTICS.items()]
 DIRECTION_CHOICES = [("What it attends to", "to"), ("What attends to it", "from")]
 HEATMAP_SIDE = 256  # cells a side a heatmap sends at most: larger texts are pooled or windowed
 LENS_WINDOW = 16  # positions the logit lens shows at once (each cell carries a word)
@@ -88,7 +86,8 @@ class ViewResult:
 
 @dataclass
 class Controls:
-    """Every control of the tab; `render_view` reads the ones its view needs."""
+    """Every control of the tab, in the order of the API's parameters after the text; `render_view`
+    reads the ones its view needs. The handler's signature and the tab's inputs follow these fields."""
 
     view: str = "Heatmap"
     model: str | None = None
@@ -118,7 +117,7 @@ def _clamp(value: Any, low: int, high: int) -> int:
     return max(low, min(high, number))
 
 
-def _analysis(engine, text: str, model: str | None) -> interpret.Analysis:
+def _analysis(engine, text: str, model: str | None):
     if not isinstance(text, str) or not text.strip():
         raise ValueError("Type or paste a biomedical text first, then press Analyse.")
     return engine.analyze(text, model or None)
@@ -151,16 +150,8 @@ def render_view(engine, text: str, controls: Controls) -> ViewResult:
 # ----- the views ------------------------------------------------------------------------------
 
 
-def _window(length: int, start: int, size: int) -> tuple[int, int]:
-    """[first, last) of a window of `size` tokens starting near `start`, inside the text."""
-    size = min(size, length)
-    first = max(0, min(int(start), length - size))
-    return first, first + size
-
-
 def _heatmap(engine, analysis, c: Controls, layer: int, head: int):
-    aggregate = c.aggregate if c.aggregate in interpret.AGGREGATES else "head"
-    matrix = analysis.attention_map(layer, head, aggregate)
+    aggregate = c.aggregate if c.aggregate in analysis.AGGREGATES else "head"
     what = {
         "head": f"Layer {layer + 1}, head {head + 1}",
         "heads": f"Layer {layer + 1}, mean of its {analysis.num_heads} heads",
@@ -168,30 +159,21 @@ def _heatmap(engine, analysis, c: Controls, layer: int, head: int):
         "all": f"Mean of all {analysis.num_layers * analysis.num_heads} heads",
         "rollout": f"Attention rollout through layer {layer + 1}",
     }[aggregate]
-    labels = list(analysis.tokens)
-    first_token = 0
-    notes = []
-    if c.hide_sink and analysis.length > 1:
-        matrix = interpret.hide_first_token(matrix)
-        labels = labels[1:]
-        first_token = 1
-        notes.append("first token hidden, rows renormalised")
-    matrix = interpret.causal_mask(matrix, first_token, first_token)
-    length = matrix.shape[0]
     start = _clamp(c.start, 0, max(analysis.length - 1, 0))
-    rows = cols = labels
-    if length > HEATMAP_SIDE and start > 0:
-        first, last = _window(length, start - first_token, HEATMAP_SIDE)
-        matrix, rows = matrix[first:last, first:last], labels[first:last]
+    cells = analysis.heatmap(layer, head, aggregate, hide_first=bool(c.hide_sink), min_weight=float(c.min_weight or 0.0),
+                             start=start, max_side=HEATMAP_SIDE)
+    matrix, tokens = cells.matrix, analysis.tokens
+    notes = []
+    if cells.first_hidden:
+        notes.append("first token hidden, rows renormalised")
+    rows = cols = list(tokens[cells.first : cells.last])
+    if cells.windowed:
+        notes.append(f"tokens {cells.first}–{cells.last - 1} of {analysis.length}")
+    elif cells.block > 1:
+        rows = [f"{tokens[p]} (#{p}–{min(p + cells.block, cells.last) - 1})" for p in range(cells.first, cells.last, cells.block)]
         cols = rows
-        notes.append(f"tokens {first + first_token}–{last - 1 + first_token} of {analysis.length}")
-    elif length > HEATMAP_SIDE:
-        matrix, block = interpret.block_max(matrix, HEATMAP_SIDE)
-        rows = [f"{labels[i]} (#{i + first_token}–{min(i + block, length) - 1 + first_token})" for i in range(0, length, block)]
-        cols = rows
-        notes.append(f"{analysis.length:,} tokens in blocks of {block} (the strongest weight of each block); "
+        notes.append(f"{analysis.length:,} tokens in blocks of {cells.block} (the strongest weight of each block); "
                      "set a zoom start to see single tokens")
-    matrix = interpret.threshold(matrix, float(c.min_weight or 0.0))
     if c.min_weight and c.min_weight > 0:
         notes.append(f"weights below {float(c.min_weight):.2f} blank")
     title = what + (f" <span style='font-size:12px'>({'; '.join(notes)})</span>" if notes else "")
@@ -205,16 +187,16 @@ def _heatmap(engine, analysis, c: Controls, layer: int, head: int):
 
 
 def _overview(engine, analysis, c: Controls, layer: int, head: int):
-    key = c.statistic if c.statistic in interpret.STATISTICS else "entropy"
+    key = c.statistic if c.statistic in analysis.STATISTICS else "entropy"
     values = analysis.head_statistics()[key]
-    label = interpret.STATISTICS[key]
+    label = analysis.STATISTICS[key]
     figure = plots.overview_grid(values, label, selected=(layer, head))
 
     def table() -> dict:
         stats = analysis.head_statistics()
-        rows = [[l + 1, h + 1, *[float(stats[name][l, h]) for name in interpret.STATISTICS]]
+        rows = [[l + 1, h + 1, *[float(stats[name][l, h]) for name in analysis.STATISTICS]]
                 for l in range(analysis.num_layers) for h in range(analysis.num_heads)]
-        return {"columns": ["layer", "head", *interpret.STATISTICS.values()], "rows": rows, "meta": {"view": "overview"}}
+        return {"columns": ["layer", "head", *analysis.STATISTICS.values()], "rows": rows, "meta": {"view": "overview"}}
 
     return figure, table, f"Selected: layer {layer + 1}, head {head + 1}: {label.lower()} {values[layer, head]:.3f}."
 
@@ -265,7 +247,7 @@ def _hidden(engine, analysis, c: Controls, layer: int, head: int):
 
 def _lens(engine, analysis, c: Controls, layer: int, head: int):
     lens = engine.logit_lens(analysis)
-    first, last = _window(analysis.length, _clamp(c.start, 0, analysis.length - 1), LENS_WINDOW)
+    first, last = analysis.window(_clamp(c.start, 0, analysis.length - 1), LENS_WINDOW)
     words = [w for w in (c.watch or "").split(",") if w.strip()][:8]
     watch = None
     position = analysis.find_token(c.token)
@@ -319,7 +301,7 @@ def _generation(engine, analysis, c: Controls, layer: int, head: int):
 
 def _ablation(engine, analysis, c: Controls, layer: int, head: int):
     spec = (c.heads_off or "").strip() or f"{layer + 1}.{head + 1}"
-    heads = interpret.parse_heads(spec, analysis.num_layers, analysis.num_heads)
+    heads = analysis.parse_heads(spec)
     if not heads:
         raise ValueError("Name at least one head to switch off, e.g. 3.5 or 4.* (layer.head).")
     result = engine.ablate(analysis, heads, 8, _clamp(c.continue_tokens, 0, 40))
@@ -360,10 +342,7 @@ def write_downloads(result: ViewResult, view: str, folder: str | None = None) ->
     folder = Path(folder or views.export_folder())  # bounded: the oldest exports are removed
     stem = "attention-" + view.lower().replace(" ", "-")
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(data["columns"])
-        writer.writerows(data["rows"])
+    csv_path.write_text(views.table_csv(data["columns"], data["rows"]), encoding="utf-8", newline="")
     json_path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return [str(csv_path), str(json_path)]
 
@@ -387,17 +366,21 @@ def _examples() -> list[str]:
 
 
 def _model_shape(engine) -> tuple[int, int]:
-    """Slider ranges before the first analysis, read from the default model's config.json when it
-    is on disk (never loads or downloads anything); the sliders adapt after each analysis."""
+    """Slider ranges before the first analysis: the default model's (layers, heads) from its
+    config alone (nothing loaded or downloaded), else microsoft/biogpt's; the sliders adapt after
+    each analysis."""
     try:
-        from biogpt.loading import BUNDLED_NAMES
+        shape = engine.interpreter.model_shape(engine.default_choice("generate"))
+    except Exception:  # noqa: BLE001 - a guess is enough for a slider's first range
+        shape = None
+    return shape or (24, 16)
 
-        name = engine.default_choice("generate")
-        folder = BUNDLED_NAMES.get(name) or Path(name)
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        return int(config["num_hidden_layers"]), int(config["num_attention_heads"])
-    except Exception:
-        return 24, 16
+
+def _api_signature() -> inspect.Signature:
+    """The `/attention` endpoint's parameters: the text, then every field of `Controls` with its default."""
+    text = inspect.Parameter("text", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return inspect.Signature([text] + [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
+                                       for f in fields(Controls)])
 
 
 def build_attention_tab(engine, model_picker=None, default_text: str | None = None) -> dict[str, Any]:
@@ -446,7 +429,8 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                 start = gr.Slider(0, 1023, value=0, step=1, label="Zoom: first token shown", info="for long texts; 0 shows the whole text",
                                   elem_id="attention-start")
             with gr.Group(visible=False) as overview_group:
-                statistic = gr.Dropdown(STATISTIC_CHOICES, value="entropy", label="Colour heads by",
+                statistic = gr.Dropdown([(label, key) for key, label in engine.interpreter.STATISTICS.items()],
+                                        value="entropy", label="Colour heads by",
                                         elem_id="attention-statistic")
             with gr.Group(visible=False) as token_group:
                 token = gr.Textbox("", label="Token", info="a word of the text or its number; empty = the last token",
@@ -475,25 +459,26 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
 
     if model_picker is None:  # an engine without a model registry: one fixed model
         model_picker = gr.Textbox(value="", visible=False)
-    inputs = [text, view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, statistic, token,
-              direction, links, trace, watch, heads_off, continue_tokens, new_tokens, step]
+    components = {"view": view, "model": model_picker, "layer": layer, "head": head, "aggregate": aggregate,
+                  "hide_sink": hide_sink, "min_weight": min_weight, "start": start, "statistic": statistic, "token": token,
+                  "direction": direction, "links": links, "trace": trace, "watch": watch, "heads_off": heads_off,
+                  "continue_tokens": continue_tokens, "new_tokens": new_tokens, "step": step}
+    inputs = [text, *(components[f.name] for f in fields(Controls))]  # in the order of Controls' fields
 
     def to_controls(values) -> Controls:
         return Controls(*values)
 
-    @friendly_errors
-    def attention(text, view="Heatmap", model=None, layer=1, head=1, aggregate="head", hide_sink=False,
-                  min_weight=0.0, start=0, statistic="entropy", token="", direction="to", links=8, trace="",
-                  watch="", heads_off="", continue_tokens=0, new_tokens=20, step=1):
+    def attention(text, *values):
         """Analyse `text` once (cached by model and text) and draw one view of it.
 
         Returns the plotly figure, two sentences on what it shows, and a summary line. Layers and heads
         count from 1; token numbers from 0 (#0 is the </s> marker).
         """
-        controls = Controls(view, model, layer, head, aggregate, hide_sink, min_weight, start, statistic, token,
-                            direction, links, trace, watch, heads_off, continue_tokens, new_tokens, step)
-        result = render_view(engine, text, controls)
+        result = render_view(engine, text, to_controls(values))
         return result.figure, result.explanation, result.summary
+
+    attention.__signature__ = _api_signature()  # what the API lists: named parameters, not *values
+    attention = friendly_errors(attention)
 
     def limits(text_value, *values):
         try:

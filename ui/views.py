@@ -205,12 +205,17 @@ def entities_json(result: NerResult) -> dict[str, Any]:
     }
 
 
-def entities_csv(result: NerResult) -> str:
+def table_csv(columns: list[Any], rows: list[list[Any]]) -> str:
+    """A table as CSV text: the header row, then the rows (the NER and Attention exports)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(ENTITY_TABLE_HEADERS)
-    writer.writerows(entity_rows(result))
+    writer.writerow(columns)
+    writer.writerows(rows)
     return buffer.getvalue()
+
+
+def entities_csv(result: NerResult) -> str:
+    return table_csv(ENTITY_TABLE_HEADERS, entity_rows(result))
 
 
 def ner_info(result: NerResult) -> str:
