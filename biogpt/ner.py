@@ -241,12 +241,31 @@ def ner_piece_probabilities(model, docs: list[NerEncoded], settings: NerSettings
     return probs, (loss_sum / loss_count if loss_count else None)
 
 
-def decode_entities(doc: NerEncoded, probs: torch.Tensor, id2label: dict[int, str], label_token: str) -> list[dict]:
-    """Word tags from each word's label piece, then BIO -> character spans with a confidence."""
+WORD_AGGREGATIONS = ("first", "last", "average", "max")
+
+
+def word_probabilities(doc: NerEncoded, probs: torch.Tensor, strategy: str) -> torch.Tensor:
+    """[words, labels]: each word's label probabilities from its pieces' ([pieces, labels]).
+
+    "first" or "last" reads the piece that carries the tag in training (`label_piece`); "average"
+    averages the pieces' probabilities; "max" takes the piece with the most confident label.
+    """
+    if strategy in ("first", "last"):
+        return probs[torch.tensor([label_piece(w, strategy) for w in doc.words])]
+    if strategy == "average":
+        return torch.stack([probs[first:end].mean(0) for first, end, _, _ in doc.words])
+    if strategy == "max":
+        pieces = [probs[first:end] for first, end, _, _ in doc.words]
+        return torch.stack([p[int(p.max(-1).values.argmax())] for p in pieces])
+    raise ValueError(f"Unknown word aggregation {strategy!r}; use one of {', '.join(WORD_AGGREGATIONS)}.")
+
+
+def decode_entities(doc: NerEncoded, probs: torch.Tensor, id2label: dict[int, str], strategy: str) -> list[dict]:
+    """Word tags from each word's pieces (`word_probabilities`), then BIO -> character spans with
+    a confidence: the mean of the entity's words' top probabilities."""
     if not doc.words:
         return []
-    pieces = torch.tensor([label_piece(w, label_token) for w in doc.words])
-    word_probs = probs[pieces]
+    word_probs = word_probabilities(doc, probs, strategy)
     best = word_probs.argmax(-1).tolist()
     tags = [id2label[i] for i in best]
     confidences = word_probs.max(-1).values.tolist()

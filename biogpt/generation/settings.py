@@ -181,17 +181,27 @@ def _beam_counts(get: Get, do_sample: bool) -> tuple[int, int]:
     _check_whole("num_beams", num_beams, 1)
     num_return = 1 if get("num_return_sequences") is None else get("num_return_sequences")
     _check_whole("num_return_sequences", num_return, 1)
+    problem = sequence_count_problem(num_beams, num_return, do_sample)
+    if problem:
+        raise ValueError(problem)
+    return int(num_beams), int(num_return)
+
+
+def sequence_count_problem(num_beams: int, num_return: int, do_sample: bool) -> str | None:
+    """The one rule on how many sequences a decoding can return, as the sentence that explains
+    it (None when the count is fine). generate()'s keywords and the Generate tab's controls are
+    both checked here, so the sentence names the keyword beside the control's words."""
     if num_beams > 1 and num_return > num_beams:
-        raise ValueError(
-            f"Beam search with {num_beams} beams can return at most {num_beams} sequences, but "
-            f"num_return_sequences={num_return}; raise num_beams or lower num_return_sequences."
+        return (
+            f"Beam search with {num_beams} beams can return at most {num_beams} sequences, not {num_return}; "
+            "raise the beams (num_beams) or lower the number of sequences (num_return_sequences)."
         )
     if num_beams == 1 and not do_sample and num_return > 1:
-        raise ValueError(
-            "Greedy decoding gives the same sequence every time, so num_return_sequences must be 1; "
-            "use do_sample=True or num_beams > 1 to get several different sequences."
+        return (
+            "Greedy decoding gives the same sequence every time, so it returns one; use sampling "
+            "(do_sample=True) or beam search (num_beams > 1) for several different sequences."
         )
-    return int(num_beams), int(num_return)
+    return None
 
 
 def _bad_words(config, bad_words) -> list[list[int]] | None:

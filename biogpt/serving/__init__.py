@@ -1,7 +1,27 @@
-"""The serving layer: what the app, the CLI and scripts call. `Engine` is its facade."""
+"""The serving layer: what the app, the CLI and scripts call, with `Engine` as its facade.
 
-from .engine import (  # noqa: F401
-    DECODING_MODES, MAX_SEED, NER_AGGREGATIONS, ZERO_SHOT_TEMPLATE, AnswerResult, ClassificationResult, Engine, Entity,
-    GeneratedText, GenerationRequest, GenerationResult, InputError, Limits, LoadedModel, NerResult, UntrainedHeadError,
-    align_tokens, clean_text, parse_stop_strings,
-)
+    validation  what a request may hold (Limits, InputError, clean_text, seeds)
+    requests    the Generate tab's request, checked into generation keywords
+    results     the plain dataclasses every method returns
+    registry    which models a visitor may pick; each loaded once, kept in a bounded LRU
+    generating  streamed and whole generations; beam searches' turns
+    scoring     PubMedQA and zero-shot labels by log-likelihood
+    tagging     NER spans and classification with fine-tuned heads
+    engine      Engine: check, load, hand to the module above
+"""
+
+from .engine import Engine
+from .registry import LoadedModel, ModelRegistry
+from .requests import DECODING_MODES, GenerationRequest
+from .results import (AnswerResult, ClassificationResult, Entity, GeneratedText, GenerationResult, NerResult,
+                      align_tokens)
+from .scoring import ZERO_SHOT_TEMPLATE
+from .tagging import NER_AGGREGATIONS
+from .validation import MAX_SEED, InputError, Limits, UntrainedHeadError, clean_text, parse_stop_strings
+
+__all__ = [
+    "DECODING_MODES", "MAX_SEED", "NER_AGGREGATIONS", "ZERO_SHOT_TEMPLATE", "AnswerResult", "ClassificationResult",
+    "Engine", "Entity", "GeneratedText", "GenerationRequest", "GenerationResult", "InputError", "Limits",
+    "LoadedModel", "ModelRegistry", "NerResult", "UntrainedHeadError", "align_tokens", "clean_text",
+    "parse_stop_strings",
+]
