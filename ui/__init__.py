@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from biogpt.hub import ASSETS_DIR
 from biogpt.serving import Engine
 
 from .attention_tab import build_attention_tab
@@ -24,7 +25,6 @@ from . import http_guard
 from .http_guard import StudioBlocks
 from .ner_tab import build_ner_tab
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DISCLAIMER = (
     "This is a research and teaching tool. Language models write fluent text that can be wrong; "
     "never use its output for diagnosis or treatment."
@@ -80,7 +80,7 @@ def launch_options() -> dict[str, Any]:
             primary_hue="teal", secondary_hue="orange",
             font=["DejaVu Sans", "Arial", "sans-serif"], font_mono=["DejaVu Sans Mono", "monospace"],
         ),
-        css=(ASSETS / "style.css").read_text(encoding="utf-8"),
+        css=(ASSETS_DIR / "style.css").read_text(encoding="utf-8"),
         footer_links=["api", "gradio", "settings"],
         share=False,
         ssr_mode=False,

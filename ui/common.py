@@ -6,17 +6,16 @@ import functools
 import inspect
 import json
 import logging
-from pathlib import Path
 from typing import Any, Callable
 
 import gradio as gr
 
+from biogpt.hub import ASSETS_DIR
 from biogpt.serving import Engine, InputError
 
 from .views import visitor_text
 
 logger = logging.getLogger("biogpt.studio")
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
 MAX_MESSAGE_CHARS = 400  # an error message quoting a long input is cut to this, in the middle
 
 
@@ -88,7 +87,7 @@ def model_dropdown(engine: Engine, task: str, elem_id: str, label: str = "Model"
 @functools.lru_cache(maxsize=1)
 def load_examples() -> dict[str, Any]:
     """assets/examples.json: examples from the shared datasets' train splits, one list a tab."""
-    with open(ASSETS / "examples.json", encoding="utf-8") as f:
+    with open(ASSETS_DIR / "examples.json", encoding="utf-8") as f:
         return json.load(f)
 
 

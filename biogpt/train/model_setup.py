@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Callable
 
 from ..config import STUDIO_KEY, BioGptConfig
+from ..hub import BUNDLED_NAMES
 from .config import TrainConfig, TrainError
 from .tasks import Task
 
-DEFAULT_TOKENIZER = Path(__file__).resolve().parents[2] / "assets" / "tokenizers" / "biogpt"
+DEFAULT_TOKENIZER = BUNDLED_NAMES["bundled-tokenizer"]
 
 
 def load_tokenizer(config: TrainConfig):
