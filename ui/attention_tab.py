@@ -12,7 +12,6 @@ first token is #1); layers and heads are numbered from 1 as in papers.
 
 from __future__ import annotations
 
-import inspect
 import json
 import time
 from dataclasses import dataclass, fields
@@ -376,13 +375,6 @@ def _model_shape(engine) -> tuple[int, int]:
     return shape or (24, 16)
 
 
-def _api_signature() -> inspect.Signature:
-    """The `/attention` endpoint's parameters: the text, then every field of `Controls` with its default."""
-    text = inspect.Parameter("text", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    return inspect.Signature([text] + [inspect.Parameter(f.name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=f.default)
-                                       for f in fields(Controls)])
-
-
 def build_attention_tab(engine, model_picker=None, default_text: str | None = None) -> dict[str, Any]:
     """Build the tab's components inside the current Blocks context and wire its events.
 
@@ -391,7 +383,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     """
     import gradio as gr
 
-    from ui.common import friendly_errors, model_dropdown
+    from ui.common import controls_signature, friendly_errors, model_dropdown
 
     layers0, heads0 = _model_shape(engine)
     examples = _examples()
@@ -477,7 +469,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         result = render_view(engine, text, to_controls(values))
         return result.figure, result.explanation, result.summary
 
-    attention.__signature__ = _api_signature()  # what the API lists: named parameters, not *values
+    # What the API lists: the text, then every field of Controls with its default (not *values).
+    attention.__signature__ = controls_signature(["text", *(f.name for f in fields(Controls))],
+                                                 {f.name: f.default for f in fields(Controls)})
     attention = friendly_errors(attention)
 
     def limits(text_value, *values):

@@ -68,6 +68,23 @@ def friendly_errors(handler: Callable) -> Callable:
     return wrapper
 
 
+def controls_signature(names: list[str], defaults: dict[str, Any] | None = None,
+                       progress: gr.Progress | None = None, request: bool = False) -> inspect.Signature:
+    """The signature gradio reads for a handler that takes its controls as *values: the API's
+    parameter names in the inputs' order (with defaults where given), then gradio's special
+    arguments, which it passes positionally after the values."""
+    def parameter(name: str, **extra: Any) -> inspect.Parameter:
+        return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, **extra)
+
+    defaults = defaults or {}
+    parameters = [parameter(n, default=defaults[n]) if n in defaults else parameter(n) for n in names]
+    if progress is not None:
+        parameters.append(parameter("progress", default=progress))
+    if request:
+        parameters.append(parameter("request", default=None, annotation=gr.Request))
+    return inspect.Signature(parameters)
+
+
 def progress_reporter(progress: gr.Progress) -> Callable[[float, str], None]:
     """The engine reports load steps as (fraction, message); Gradio draws them as a bar."""
     return lambda fraction, message: progress(fraction, desc=message)

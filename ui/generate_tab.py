@@ -4,6 +4,7 @@ and PubMedQA mode, where the model scores yes / no / maybe."""
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 
 import gradio as gr
 
@@ -12,7 +13,7 @@ from biogpt.generation import DecodingStopped
 
 from . import plots, views
 from .admission import reader_gone
-from .common import PRIVATE, friendly_errors, load_examples, model_dropdown, progress_reporter
+from .common import PRIVATE, controls_signature, friendly_errors, load_examples, model_dropdown, progress_reporter
 
 # Each preset sets the decoding controls; the visitor can change any of them afterwards.
 PRESETS = {
@@ -24,6 +25,11 @@ PRESETS = {
     "beam search": dict(mode="beam search", num_beams=5, repetition_penalty=1.0, no_repeat_ngram_size=3),
 }
 DEFAULT_PRESET = "balanced"
+# The free-text controls are GenerationRequest's fields, in its order: that one list names the
+# API's parameters, orders the inputs and builds the request.
+REQUEST_FIELDS = [f.name for f in fields(GenerationRequest)]
+# What the presets set, in the same order.
+PRESET_FIELDS = [name for name in REQUEST_FIELDS if any(name in preset for preset in PRESETS.values())]
 RENDER_EVERY = 0.12  # seconds between streamed repaints: smooth, without resending the page per token
 # Generate requests on one model share each decoding forward (biogpt.batching), so more of them
 # may run at once than --concurrency allows the other tabs.
@@ -120,17 +126,15 @@ def build_generate_tab(engine: Engine) -> None:
                     with gr.Accordion("Prompt sent to the model", open=False):
                         answer_prompt = gr.Textbox(label="Prompt", show_label=False, lines=4, interactive=False, elem_id="qa-prompt")
 
-    @friendly_errors
-    def generate(prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
-                 no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop, progress=gr.Progress(track_tqdm=True),
-                 request: gr.Request = None):
-        generation_request = GenerationRequest(
-            prompt=prompt, model=model, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
-            top_k=top_k, top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
-            no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
-            num_return_sequences=num_return_sequences, seed=seed,
-            stop=parse_stop_strings(stop),
-        )
+    controls = dict(prompt=prompt, model=model, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
+                    top_k=top_k, top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
+                    no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
+                    num_return_sequences=num_return_sequences, seed=seed, stop=stop_strings)
+
+    def generate(*values_progress_request):
+        *values, progress, request = values_progress_request  # gradio appends them (see controls_signature)
+        chosen = dict(zip(REQUEST_FIELDS, values))
+        generation_request = GenerationRequest(**{**chosen, "stop": parse_stop_strings(chosen["stop"])})
         last_paint = 0.0
         # The visitor's connection closing (or Stop) ends the decoding at its next model call.
         results = engine.generate(generation_request, progress=progress_reporter(progress), should_stop=reader_gone(request))
@@ -148,10 +152,11 @@ def build_generate_tab(engine: Engine) -> None:
         except DecodingStopped:
             return  # nobody is reading
 
+    generate.__signature__ = controls_signature(REQUEST_FIELDS, progress=gr.Progress(track_tqdm=True), request=True)
+    generate = friendly_errors(generate)
     generation = gr.on(
         [run.click, prompt.submit], generate,
-        inputs=[prompt, model, max_new_tokens, mode, temperature, top_k, top_p, typical_p, repetition_penalty,
-                no_repeat_ngram_size, num_beams, num_return_sequences, seed, stop_strings],
+        inputs=[controls[name] for name in REQUEST_FIELDS],
         outputs=[output, tokens, info, table, raw], api_name="generate",
         concurrency_limit=generate_concurrency(engine),
         api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
@@ -164,16 +169,9 @@ def build_generate_tab(engine: Engine) -> None:
 
     def apply_preset(name):
         values = PRESETS[name]
-        chosen_mode = values["mode"]
-        return (
-            gr.update(value=chosen_mode),
-            *(gr.update(value=values[key]) if key in values else gr.update()
-              for key in ("temperature", "top_k", "top_p", "typical_p", "num_beams", "repetition_penalty",
-                          "no_repeat_ngram_size")),
-        )
+        return tuple(gr.update(value=values[key]) if key in values else gr.update() for key in PRESET_FIELDS)
 
-    preset.input(apply_preset, preset, [mode, temperature, top_k, top_p, typical_p, num_beams, repetition_penalty,
-                                        no_repeat_ngram_size], **PRIVATE)
+    preset.input(apply_preset, preset, [controls[name] for name in PRESET_FIELDS], **PRIVATE)
 
     def show_mode_controls(chosen_mode):
         return gr.update(visible=chosen_mode == "sampling"), gr.update(visible=chosen_mode == "beam search")
