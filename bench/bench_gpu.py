@@ -7,7 +7,7 @@
 Weights are random (no download), made on the GPU in the shapes of microsoft/biogpt (24 layers
 x 1024, 16 heads, vocabulary 42,384) and microsoft/BioGPT-Large (its config.json: 48 layers x
 1600, 25 heads, 6400 inner, vocabulary 57,717, 2048 positions), with matrices scaled x2 and
-norms and biases jittered as in tests/helpers.py. Every section checks the clock against one
+norms and biases jittered as in testkit/checkpoints.py. Every section checks the clock against one
 deadline and reports what no longer fits as skipped, so the run ends on time with what it got.
 
 1. Copy bandwidth: a 1 GiB device-to-device copy; (bytes read + bytes written) / time.
@@ -51,8 +51,8 @@ from pathlib import Path
 
 import torch
 
-from common import REPO  # noqa: F401  (puts the repository and tests/ on sys.path)
-from helpers import incremental, teacher_forced
+from common import REPO  # noqa: F401  (puts the repository on sys.path)
+from testkit.checkpoints import incremental, teacher_forced
 
 from biogpt import BioGptConfig, BioGptForCausalLM
 from biogpt.graphed import GraphedDecoder
@@ -132,7 +132,7 @@ def random_model(shape: dict, device: torch.device, scale: float, seed: int = 0)
     with torch.device(device):
         model = BioGptForCausalLM(BioGptConfig(**shape))
     model.init_weights()
-    # tests/helpers.perturb_, with the noise drawn on the model's device.
+    # testkit.checkpoints.perturb_, with the noise drawn on the model's device.
     generator = torch.Generator(device=device).manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():

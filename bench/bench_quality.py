@@ -23,7 +23,8 @@ import torch
 import torch.nn as nn
 
 from common import machine
-from helpers import BUNDLED_LM, QUALITY_NEW_TOKENS, QUALITY_PROMPTS, greedy_continuation, quality_texts
+from testkit import BUNDLED_LM
+from testkit.quality import QUALITY_NEW_TOKENS, QUALITY_PROMPTS, greedy_continuation, quality_texts
 
 from biogpt import BioGptForCausalLM, BioGptTokenizer
 from biogpt.quantize import quantize_int8, quantize_model

@@ -28,10 +28,10 @@ import time
 
 import httpx
 
-from common import REPO, machine  # common also puts tests/ on sys.path
+from common import REPO, machine  # common also puts the repository on sys.path
 
-from app_server import free_port, wait_for  # noqa: E402
-from helpers import rss_mb  # noqa: E402
+from testkit.app_server import free_port, wait_for
+from testkit.memory import rss_mb
 
 EXAMPLES = json.loads((REPO / "assets" / "examples.json").read_text(encoding="utf-8"))
 # endpoint -> share of requests; Generate dominates as on the public demo.

@@ -16,10 +16,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))  # perturb_ lives with the test fixtures
+# `python bench/bench_x.py` puts bench/ on the path, not the repository: until the project is an
+# installable package (issue 18), this one line is how a benchmark run as a script imports biogpt
+# and testkit (the helpers it shares with tests/; never tests/ itself).
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
 
-from helpers import perturb_  # noqa: E402
+from testkit.checkpoints import perturb_  # noqa: E402
 
 
 def full_size_checkpoint(perturb: bool = True) -> Path:

@@ -13,7 +13,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_server import BUNDLED_MODELS, EXAMPLES, KNOWN_NER_TEXT, running_app
+from testkit.app_server import BUNDLED_MODELS, EXAMPLES, KNOWN_NER_TEXT, running_app
 from biogpt.serving import GenerationRequest
 
 
@@ -22,11 +22,6 @@ def server():
     # The bundled base LM is allowed under every picker, to show how an untrained head is reported.
     with running_app("--allow-model", str(BUNDLED_MODELS[0])) as (url, engine):
         yield url, engine
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
 
 
 def plot_data(plot: dict) -> list[dict]:

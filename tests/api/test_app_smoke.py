@@ -10,8 +10,8 @@ import sys
 import time
 import urllib.request
 
-from app_server import free_port
-from helpers import REPO
+from testkit.app_server import free_port
+from testkit import REPO
 
 
 @contextlib.contextmanager

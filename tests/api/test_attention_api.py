@@ -3,28 +3,23 @@ own numbers, view changes that never run the model, payloads of one view, errors
 
 from __future__ import annotations
 
+import base64
 import csv
+import html
 import json
 
 import numpy as np
 import pytest
-from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from attention_app import attention_server, decode_plot, plain
 from ui.attention_plots import shorten
 
 TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
 
 
 @pytest.fixture(scope="module")
-def server():
-    return attention_server()
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
+def server(attention_server):
+    return attention_server
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +28,28 @@ def analysis(server, client):
     analysis = server[1].cached_analysis(TEXT)  # ...and the same object is in the engine's cache
     assert analysis is not None
     return analysis
+
+
+def decode_plot(plot: dict) -> tuple[list[dict], dict]:
+    """gr.Plot over the API: plotly JSON whose arrays are base64 typed arrays -> numpy."""
+    assert plot["type"] == "plotly"
+    figure = json.loads(plot["plot"])
+
+    def decode(value):
+        if isinstance(value, dict) and "bdata" in value:
+            array = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+            shape = value.get("shape")
+            if isinstance(shape, str):  # plotly writes "rows, cols"
+                shape = [int(x) for x in shape.split(",")]
+            return array.reshape(shape) if shape else array
+        return value
+
+    return [{key: decode(value) for key, value in trace.items()} for trace in figure["data"]], figure["layout"]
+
+
+def plain(label: str) -> str:
+    """An axis label as the token it names: no zero-width de-duplication, no HTML escapes."""
+    return html.unescape(str(label).replace("\u200b", ""))
 
 
 class ForwardCounter:

@@ -24,8 +24,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 import app
-from app_server import chromium_page, free_port, running_app
-from helpers import REPO
+from testkit.app_server import free_port, running_app
+from tests.helpers import chromium_page
+from testkit import REPO
 from ui import http_guard, views
 
 SESSIONS = 24  # the module's server keeps this many sessions, so that going past the bound is quick
@@ -47,11 +48,6 @@ def server():
     with mock.patch.object(http_guard, "MAX_SESSIONS", SESSIONS), mock.patch.object(app, "build", build), \
             running_app(preload=False) as (url, engine):
         yield url, built["demo"]
-
-
-@pytest.fixture(scope="module")
-def client(server):
-    return Client(server[0], verbose=False)
 
 
 def host_port(url: str) -> tuple[str, int]:
@@ -261,6 +257,7 @@ def test_markup_in_labels_and_errors_comes_back_escaped_over_the_api(client):
     assert "&lt;img src=x" in error.value.message and "<img" not in error.value.message
 
 
+@pytest.mark.browser  # Chromium too
 def test_a_visitors_markup_shows_as_text_in_the_plot_and_in_error_toasts_in_chromium(server):
     with chromium_page(server[0]) as page:
         page.get_by_role("tab", name="Classify", exact=True).click()

@@ -21,7 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from app_server import CHROMIUM, EXAMPLES, KNOWN_NER_TEXT, chromium_page, running_app
+from testkit.app_server import EXAMPLES, KNOWN_NER_TEXT, running_app
+from tests.helpers import CHROMIUM, chromium_page
 from biogpt.serving import GenerationRequest, InputError
 from biogpt.generation import DecodingStopped
 from ui import admission
@@ -190,6 +191,7 @@ def test_sixty_generate_joins_from_one_visitor_admit_two_and_refuse_the_rest_wit
     assert app.wait_until_gone(admitted, timeout=30)
 
 
+@pytest.mark.browser  # Chromium too
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (apt-get install -y chromium)")
 def test_a_browser_visitor_over_the_limit_is_told_so_in_a_toast(app, monkeypatch):
     monkeypatch.setattr(admission, "LISTENER_GRACE", 3.0)  # the two unread joins below end 3 s after they start

@@ -8,16 +8,15 @@ import time
 
 import pytest
 
-from app_server import artifacts_dir, chromium_page
-from attention_app import attention_server
+from tests.helpers import artifacts_dir, chromium_page
 
 TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
 PLOT = "#attention-plot .js-plotly-plot"
 
 
 @pytest.fixture(scope="module")
-def page():
-    url, _ = attention_server()
+def page(attention_server):
+    url, _ = attention_server
     with chromium_page(url) as page:
         page.get_by_role("tab", name="Attention", exact=True).click()
         page.wait_for_selector("#attention-text textarea")

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from app_server import EXAMPLES, KNOWN_NER_TEXT, artifacts_dir, chromium_page, running_app
+from testkit.app_server import EXAMPLES, KNOWN_NER_TEXT, running_app
+from tests.helpers import artifacts_dir, chromium_page
 
 
 @pytest.fixture(scope="module")

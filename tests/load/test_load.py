@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from gradio_client import Client
 from gradio_client.utils import QueueError
 
-from app_server import EXAMPLES, KNOWN_NER_TEXT, artifacts_dir, running_app
+from testkit.app_server import EXAMPLES, KNOWN_NER_TEXT, running_app
+from tests.helpers import artifacts_dir
 from biogpt.serving import GenerationRequest
-from helpers import rss_mb
+from testkit.memory import rss_mb
 
 USERS = 16
 ROUNDS = 2

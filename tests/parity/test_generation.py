@@ -15,7 +15,7 @@ import threading
 import pytest
 import torch
 
-from helpers import TINY, hf_checkpoint
+from tests.helpers import TINY, hf_checkpoint
 
 from biogpt import BioGptForCausalLM, KVCache
 from biogpt.generation import ContinuationText, generate_detailed, stream

@@ -10,7 +10,7 @@ import torch
 
 import biogpt
 from biogpt.model import positions_from_mask
-from helpers import FULL, ODD, TINY, hf_checkpoint, load_hf, max_diff
+from tests.helpers import FULL, ODD, TINY, hf_checkpoint, load_hf, max_diff
 
 TOL = 1e-5
 HEADS = ["BioGptForCausalLM", "BioGptForTokenClassification", "BioGptForSequenceClassification"]

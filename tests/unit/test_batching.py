@@ -9,13 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from app_server import require_bundled_models
 from biogpt import BioGptForCausalLM
 from biogpt import batching, kernels
 from biogpt.batching import DecodeBatcher, decode_together, find_row_block
 from biogpt.serving import Engine, GenerationRequest
 from biogpt.generation import SamplingRun, generate_detailed, resolve_settings, stream
-from helpers import ODD, hf_checkpoint
+from tests.helpers import ODD, hf_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,7 @@ def _sequences(model, tokenizer, batcher, index: int):
             for o in out]
 
 
-def test_eight_concurrent_requests_are_merged_and_each_is_identical_to_alone():
-    require_bundled_models()
+def test_eight_concurrent_requests_are_merged_and_each_is_identical_to_alone(bundled_models):
     engine = Engine(device="cpu", dtype="float32")
     loaded = engine.load("bundled", "generate")
     batcher = loaded.batcher
@@ -102,8 +100,7 @@ def test_eight_concurrent_requests_are_merged_and_each_is_identical_to_alone():
     assert alone[5][0][3] == "stop" and alone[3][0][0] != alone[3][1][0]
 
 
-def test_engine_stream_through_the_batcher_is_identical_to_alone_and_stopping_it_stops_its_work():
-    require_bundled_models()
+def test_engine_stream_through_the_batcher_is_identical_to_alone_and_stopping_it_stops_its_work(bundled_models):
     engine = Engine(device="cpu", dtype="float32")
     request = GenerationRequest(prompt="Aspirin is used to", mode="sampling", seed=7, max_new_tokens=40)
     final = list(engine.generate(request))[-1].samples[0]
@@ -261,14 +258,13 @@ def test_padded_batches_decode_alone_and_a_failing_request_does_not_stop_the_oth
         generate_detailed(odd_model, tokenizer, [[2, 5, 9]], max_new_tokens=4, batcher=batcher)
 
 
-def test_a_slow_reader_of_a_stream_gets_the_same_text_cut_at_the_stop_string():
+def test_a_slow_reader_of_a_stream_gets_the_same_text_cut_at_the_stop_string(bundled_models):
     """The batcher runs up to two steps ahead of a slow reader, then waits; the streamed text
     (each event's from its own step's snapshot) is the same as for a fast reader."""
     import time
 
     from biogpt.generation import stream
 
-    require_bundled_models()
     loaded = Engine(device="cpu", dtype="float32").load("bundled", "generate")
     settings = dict(max_new_tokens=39, do_sample=True, seed=5, top_k=50, top_p=0.9, temperature=0.8,
                     repetition_penalty=1.2, no_repeat_ngram_size=3, stop=["tumor"])

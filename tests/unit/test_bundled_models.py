@@ -16,7 +16,8 @@ import biogpt
 from biogpt.loading import BUNDLED_NAMES
 from biogpt.ner import predict_entities, span_scores
 from biogpt.train import perplexity
-from helpers import DATA, load_hf, max_diff
+from testkit import DATA
+from tests.helpers import load_hf, max_diff
 
 LM, NER, HOC = (BUNDLED_NAMES[name] for name in ("bundled", "bundled-ner", "bundled-hoc"))
 

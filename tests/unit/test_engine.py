@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from app_server import BUNDLED_MODELS, KNOWN_NER_TEXT, require_bundled_models
+from testkit.app_server import BUNDLED_MODELS, KNOWN_NER_TEXT
 from biogpt.serving import (
     Engine,
     Entity,
@@ -24,11 +24,11 @@ from biogpt.serving import (
     parse_stop_strings,
 )
 from biogpt.loading import ModelNotAvailableError
+from biogpt.serving.scoring import score_continuations
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    require_bundled_models()
+def engine(bundled_models) -> Engine:
     # The bundled LM folder is allowed under the NER and Classify pickers: a base model with an untrained head.
     return Engine(allowed_models=[str(BUNDLED_MODELS[0])], device="cpu", dtype="float32")
 
@@ -80,8 +80,7 @@ def test_absurd_generation_settings_are_refused_with_a_sentence(changes, message
 # ----- models ------------------------------------------------------------------------------------
 
 
-def test_a_model_loads_once_even_when_many_requests_ask_at_the_same_time():
-    require_bundled_models()
+def test_a_model_loads_once_even_when_many_requests_ask_at_the_same_time(bundled_models):
     engine = Engine(device="cpu")
     results, calls = [], []
     original = engine._load
@@ -95,8 +94,7 @@ def test_a_model_loads_once_even_when_many_requests_ask_at_the_same_time():
     assert engine.load("bundled-hoc", "classify") is results[0]
 
 
-def test_first_use_reports_loading_progress_and_later_uses_do_not():
-    require_bundled_models()
+def test_first_use_reports_loading_progress_and_later_uses_do_not(bundled_models):
     engine, steps = Engine(device="cpu"), []
     loaded = engine.load("bundled-ner", "ner", progress=lambda fraction, message: steps.append((fraction, message)))
     assert [f for f, _ in steps] == sorted(f for f, _ in steps) and len(steps) >= 3
@@ -107,8 +105,7 @@ def test_first_use_reports_loading_progress_and_later_uses_do_not():
     assert len(steps) == reported
 
 
-def test_least_recently_used_models_are_dropped_and_tokenizers_shared():
-    require_bundled_models()
+def test_least_recently_used_models_are_dropped_and_tokenizers_shared(bundled_models):
     engine = Engine(device="cpu", max_loaded_models=2)
     first = engine.load("bundled-hoc", "classify")
     engine.load("bundled-ner", "ner")
@@ -171,7 +168,7 @@ def test_prompts_that_leave_no_room_are_refused_not_cut(engine):
 def test_continuation_scores_equal_a_plain_forward_pass(engine):
     loaded = engine.load("bundled", "generate")
     prefix, endings = "Aspirin reduces fever. This text is about", [" a drug.", " a disease of the heart."]
-    totals, counts = engine._score_continuations(loaded, prefix, endings)
+    totals, counts = score_continuations(loaded, prefix, endings)
     for ending, total, count in zip(endings, totals, counts):
         ids = loaded.tokenizer.encode(prefix + ending)
         with torch.no_grad():
@@ -217,8 +214,7 @@ def test_an_untrained_head_is_named_instead_of_showing_noise(engine):
         engine.classify(KNOWN_NER_TEXT, model=base)
 
 
-def test_ner_refuses_texts_over_the_token_cap():
-    require_bundled_models()
+def test_ner_refuses_texts_over_the_token_cap(bundled_models):
     small = Engine(device="cpu", limits=Limits(max_document_tokens=5))
     with pytest.raises(InputError, match="tokens; the limit here is 5"):
         small.ner(KNOWN_NER_TEXT)

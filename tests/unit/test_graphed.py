@@ -17,24 +17,18 @@ import sys
 import pytest
 import torch
 
-from helpers import REPO, TINY, incremental, max_diff, perturb_, teacher_forced
+from testkit import REPO
+from testkit.checkpoints import incremental, perturb_, teacher_forced
+from tests.helpers import TINY, max_diff
 
 from biogpt import BioGptConfig, BioGptForCausalLM
 from biogpt.graphed import CAPACITY_MULTIPLE, GraphedDecoder
 
 GREEDY = dict(do_sample=False, eos_token_id=None)
 NEW_TOKENS = 24
+# One torch thread for the module (tests/conftest.py: 21 s against 2 s measured here).
+pytestmark = pytest.mark.usefixtures("one_thread")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU; this machine has none")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models are thousands of tiny ops; on cores shared with other jobs two threads wait on
-    each other at every op (21 s against 2 s measured here), one never does."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

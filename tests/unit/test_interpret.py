@@ -12,7 +12,9 @@ import torch
 
 from biogpt import BioGptConfig, BioGptForCausalLM, interpret
 from biogpt.tokenizer import BioGptTokenizer
-from helpers import REPO, TINY, perturb_
+from testkit import REPO
+from testkit.checkpoints import perturb_
+from tests.helpers import TINY
 
 TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
 

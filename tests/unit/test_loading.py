@@ -14,7 +14,8 @@ import torch
 
 import biogpt
 from biogpt.loading import ModelNotAvailableError, read_safetensors, resolve_model_dir
-from helpers import REPO, TINY, hf_checkpoint, load_hf, max_diff
+from testkit import REPO
+from tests.helpers import TINY, hf_checkpoint, load_hf, max_diff
 
 IDS = torch.tensor([[2, 17, 400, 33, 981, 5, 77]])
 

@@ -26,7 +26,8 @@ from biogpt.quantize import (
     replace_linears,
 )
 from biogpt.train import perplexity
-from helpers import BUNDLED_LM, greedy_continuation, quality_texts
+from testkit import BUNDLED_LM
+from testkit.quality import greedy_continuation, quality_texts
 
 # 128 wide so the int4 kernel (groups of 128) takes the layers; vocab 1000 is not a multiple of
 # 16, so under int4 the output projection falls back to int8.
@@ -411,16 +412,6 @@ def test_bitsandbytes_logits_close_to_fp16_on_cuda(small_checkpoints, mode):
 
 # --------------------------------------------------------------------------------------------
 # Issue 7's quality bounds on the bundled (trained) LM
-
-
-@pytest.fixture(scope="module")
-def one_thread():
-    """Decoding a small model is thousands of tiny ops; on cores shared with other jobs two
-    threads wait on each other at every op (a 20x slowdown was seen here), one never does."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

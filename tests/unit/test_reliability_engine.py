@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from app_server import BUNDLED_MODELS, require_bundled_models
-from helpers import rss_mb
+from testkit.app_server import BUNDLED_MODELS
+from testkit.memory import rss_mb
 from biogpt import interpret
 from biogpt.serving import Engine, GenerationRequest, InputError
 
@@ -31,8 +31,7 @@ WORDS = (
 
 
 @pytest.fixture(scope="module")
-def engine() -> Engine:
-    require_bundled_models()
+def engine(bundled_models) -> Engine:
     return Engine(device="cpu", dtype="float32")
 
 
@@ -111,8 +110,7 @@ def test_the_engine_takes_the_analysis_cache_bound_as_an_argument():
 # ----- model memory -----------------------------------------------------------------------------
 
 
-def test_a_model_whose_weights_alone_exceed_the_memory_budget_is_refused_before_loading():
-    require_bundled_models()
+def test_a_model_whose_weights_alone_exceed_the_memory_budget_is_refused_before_loading(bundled_models):
     engine = Engine(device="cpu", dtype="float32", model_memory_gb=0.02)  # the bundled LM is 57 MB in fp32
     started = time.perf_counter()
     with pytest.raises(InputError, match=r"bundled needs about 0\.1 GB .* model memory of 0\.0 GB") as error:
@@ -122,8 +120,7 @@ def test_a_model_whose_weights_alone_exceed_the_memory_budget_is_refused_before_
     assert engine.loaded_models() == [] and engine.loaded_bytes() == 0
 
 
-def test_loading_drops_least_recently_used_models_until_the_new_one_fits_the_byte_budget():
-    require_bundled_models()
+def test_loading_drops_least_recently_used_models_until_the_new_one_fits_the_byte_budget(bundled_models):
     one = 14_275_072 * 4  # the largest bundled model's fp32 weights (the HoC head)
     engine = Engine(device="cpu", dtype="float32", max_loaded_models=10, model_memory_gb=2.5 * one / 2**30)
     first = engine.load("bundled-hoc", "classify")
@@ -144,8 +141,7 @@ def test_the_default_model_memory_is_half_the_machines_ram():
         Engine(device="cpu", model_memory_gb=0)
 
 
-def test_bfloat16_on_a_cpu_without_bf16_instructions_is_allowed_but_logged_and_named_in_results(monkeypatch, caplog):
-    require_bundled_models()
+def test_bfloat16_on_a_cpu_without_bf16_instructions_is_allowed_but_logged_and_named_in_results(monkeypatch, caplog, bundled_models):
     monkeypatch.setenv("BIOGPT_CPU_FLAGS", "sse4_2 avx2 fma")
     engine = Engine(device="cpu", dtype="bfloat16")
     with caplog.at_level(logging.WARNING, logger="biogpt.serving"):
@@ -248,8 +244,7 @@ def test_a_huge_token_number_gets_a_sentence_not_pythons_digit_limit(engine):
 # ----- loading ----------------------------------------------------------------------------------
 
 
-def test_the_truncated_weights_error_names_the_file_not_the_servers_path(tmp_path):
-    require_bundled_models()
+def test_the_truncated_weights_error_names_the_file_not_the_servers_path(tmp_path, bundled_models):
     folder = tmp_path / "my-checkpoint"
     shutil.copytree(BUNDLED_MODELS[0], folder)
     data = (folder / "model.safetensors").read_bytes()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from biogpt import BioGptForCausalLM, kernels
 from biogpt.generation import greedy_screen
 from biogpt.screening import ScreenedArgmax, ScreenStats, screen_applicable
-from helpers import TINY, hf_checkpoint
+from tests.helpers import TINY, hf_checkpoint
 
 transformers = pytest.importorskip("transformers")
 pytestmark = [

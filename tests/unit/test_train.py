@@ -18,7 +18,8 @@ import biogpt
 from biogpt import ner as N
 from biogpt import train as T
 from biogpt.tokenizer import BioGptTokenizer
-from helpers import DATA, REPO, max_diff
+from testkit import DATA, REPO
+from tests.helpers import max_diff
 
 TINY = ["--layers", "2", "--hidden", "32", "--heads", "2", "--intermediate", "64", "--max-positions", "96",
         "--device", "cpu", "--workers", "1", "--progress", "lines"]

@@ -1,4 +1,5 @@
-"""Start the real app (engine + Gradio) inside the test process, the way app.py does.
+"""Start the real app (engine + Gradio) inside this process, the way app.py does, and wait for
+a server to answer: for the API, browser and load tests and bench/bench_soak.py.
 
 One server per test module (module-scoped fixtures) keeps the suite fast on two cores.
 """
@@ -10,12 +11,10 @@ import json
 import socket
 import time
 import urllib.request
-from pathlib import Path
 from typing import Iterator
 
-from helpers import REPO
+from testkit import REPO
 
-ARTIFACTS = REPO / "tests" / "artifacts"
 EXAMPLES = json.loads((REPO / "assets" / "examples.json").read_text(encoding="utf-8"))
 # A BC5CDR training sentence with its gold Chemical mentions (assets/examples.json, PMID 227508).
 KNOWN_NER_TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
@@ -67,39 +66,3 @@ def running_app(*flags: str, preload: bool = True) -> Iterator[tuple[str, object
     finally:
         demo.close()
 
-
-def artifacts_dir() -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
-
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-@contextlib.contextmanager
-def chromium_page(url: str):
-    """A page of Debian's Chromium (Playwright cannot download its own browser here) at `url`.
-
-    `page.console_errors` collects console errors and uncaught exceptions for the test to check.
-    """
-    import tempfile
-
-    from playwright.sync_api import sync_playwright
-
-    assert CHROMIUM.exists(), "install Debian's Chromium: apt-get install -y chromium"
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            tempfile.mkdtemp(prefix="biogpt-browser-"), executable_path=str(CHROMIUM), headless=True,
-            args=CHROMIUM_FLAGS, viewport={"width": 1360, "height": 1000},
-        )
-        page = context.new_page()
-        page.console_errors = []
-        page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
-        page.on("pageerror", lambda error: page.console_errors.append(str(error)))
-        page.goto(url)
-        try:
-            yield page
-        finally:
-            context.close()
