@@ -150,7 +150,8 @@ def main() -> None:
               f"(float16, memoised views included); process peak RSS so far {peak:.1f} GiB{gpu}")
     print("\n| view | " + " | ".join(f"{t} tokens: KiB | ms" for t in sizes) + " |\n|---|" + "---:|---:|" * len(sizes))
     for view in VIEWS:
-        print(f"| {view} | " + " | ".join(f"{sizes[t][view][0] / 1024:,.0f} | {1000 * sizes[t][view][1]:.0f}" for t in sizes) + " |")
+        print(f"| {view} | "
+              + " | ".join(f"{sizes[t][view][0] / 1024:,.0f} | {1000 * sizes[t][view][1]:.0f}" for t in sizes) + " |")
 
 
 if __name__ == "__main__":

@@ -88,10 +88,12 @@ def main() -> None:
     print(f"# {machine()}")
     print(f"{'what':42s} {'ours':>10s} {'transformers':>13s} {'ratio':>7s}")
     for what, times in measure_forward(folder, args.tokens, args.repeats).items():
-        print(f"{what:42s} {times['ours'] * 1000:8.1f}ms {times['transformers'] * 1000:11.1f}ms {times['ours'] / times['transformers']:7.2f}")
+        print(f"{what:42s} {times['ours'] * 1000:8.1f}ms {times['transformers'] * 1000:11.1f}ms "
+              f"{times['ours'] / times['transformers']:7.2f}")
     load = measure_load(folder, args.load_repeats)
     o, t = load["ours"], load["transformers"]
-    print(f"{'import + load in bf16 (fresh process)':42s} {o['seconds']:9.2f}s {t['seconds']:12.2f}s {o['seconds'] / t['seconds']:7.2f}")
+    print(f"{'import + load in bf16 (fresh process)':42s} {o['seconds']:9.2f}s {t['seconds']:12.2f}s "
+          f"{o['seconds'] / t['seconds']:7.2f}")
     print(f"{'peak RSS growth while loading, x bf16 size':42s} {o['peak_delta'] / o['weights']:9.2f}x "
           f"{t['peak_delta'] / t['weights']:11.2f}x {o['peak_delta'] / t['peak_delta']:7.2f}")
 

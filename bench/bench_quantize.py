@@ -62,9 +62,11 @@ def kernel_table(repeats: int) -> None:
         "int8 fbgemm linear_dynamic (W8A8)": lambda x, d: torch.ops.quantized.linear_dynamic(x, d["packed"], False),
         "int8 fbgemm, reduce_range (W8A7)": lambda x, d: torch.ops.quantized.linear_dynamic(x, d["packed"], True),
         "int8 _int_mm, x int8 per row": int_mm,
-        "int8 _weight_int8pack_mm (bf16 x)": lambda x, d: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), d["q"], d["scale_bf16"]),
+        "int8 _weight_int8pack_mm (bf16 x)":
+            lambda x, d: torch.ops.aten._weight_int8pack_mm(x.bfloat16(), d["q"], d["scale_bf16"]),
         "int8 dequantize + bf16 F.linear": lambda x, d: F.linear(x.bfloat16(), d["q"].bfloat16() * d["scale_bf16"][:, None]),
-        "int4 _weight_int4pack_mm_for_cpu": lambda x, d: torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), d["int4"], 128, d["int4_sz"]),
+        "int4 _weight_int4pack_mm_for_cpu":
+            lambda x, d: torch.ops.aten._weight_int4pack_mm_for_cpu(x.bfloat16(), d["int4"], 128, d["int4_sz"]),
     }
     print(f"\nMatrix products only, all Linear weights of a full-size BioGPT ({layers} layers + output projection), ms:")
     print(f"{'kernel':36s} " + " ".join(f"{f'M={m}':>9s}" for m in (1, 16, 128)) + "   M=1 as tokens/s")
@@ -146,7 +148,8 @@ def main() -> None:
         f"\nbatch 1, greedy, {args.prompt_tokens}-token prompt, {args.new_tokens} new tokens, "
         f"medians of {args.repeats} alternating runs after a warm-up; int8 kernel: {kernel}"
     )
-    print(f"{'variant':26s} {'tokens/s':>9s} {'x ref':>7s} {'TTFT ms':>9s} {'TTFT / ref':>11s} {'load s':>7s} {'same tokens as ref':>19s}")
+    print(f"{'variant':26s} {'tokens/s':>9s} {'x ref':>7s} {'TTFT ms':>9s} {'TTFT / ref':>11s} {'load s':>7s} "
+          f"{'same tokens as ref':>19s}")
     for name in models:
         same = (outputs[name] == outputs[reference]).float().mean().item()
         print(

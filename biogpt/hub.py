@@ -32,7 +32,8 @@ def resolve_model_dir(name_or_path: str | Path, allow_patterns: list[str]) -> Pa
     if name in BUNDLED_NAMES:
         path = BUNDLED_NAMES[name]
         if not path.is_dir():
-            raise ModelNotAvailableError(f"The bundled model {name!r} is missing ({path.relative_to(ASSETS_DIR.parent).as_posix()}); reinstall the project.")
+            raise ModelNotAvailableError(f"The bundled model {name!r} is missing "
+                                         f"({path.relative_to(ASSETS_DIR.parent).as_posix()}); reinstall the project.")
         return path
     path = Path(name).expanduser()
     if path.is_dir():

@@ -107,7 +107,9 @@ def read_safetensors(path: Path, dtype: torch.dtype | None = None, device: str |
         mapping.close()
 
 
-def read_state_dict(folder: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+def read_state_dict(
+    folder: Path, dtype: torch.dtype | None = None, device: str | torch.device = "cpu"
+) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     for path in weight_files(folder):
         if path.suffix == ".safetensors":
@@ -230,7 +232,8 @@ def load_pretrained(
     state = read_state_dict(folder, target_dtype, load_device)
     state = _match_keys(state, set(expected_shapes), has_base_prefix=hasattr(model, "biogpt"))
 
-    wrong = [f"{n} {tuple(t.shape)} (expected {expected_shapes[n]})" for n, t in state.items() if tuple(t.shape) != expected_shapes[n]]
+    wrong = [f"{n} {tuple(t.shape)} (expected {expected_shapes[n]})"
+             for n, t in state.items() if tuple(t.shape) != expected_shapes[n]]
     if wrong:
         raise ValueError("Weights of the wrong shape: " + "; ".join(wrong) + ". Is config.json from the same checkpoint?")
 
@@ -310,4 +313,5 @@ def save_pretrained(model, directory: str | Path) -> None:
     state = model.state_dict()
     if config.tie_word_embeddings:
         state.pop("output_projection.weight", None)
-    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / SAFETENSORS_FILE, metadata={"format": "pt"})
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, directory / SAFETENSORS_FILE,
+              metadata={"format": "pt"})

@@ -227,7 +227,8 @@ def ner_piece_probabilities(model, docs: list[NerEncoded], settings: NerSettings
             logits = model(input_ids=batch["input_ids"].to(device)).logits.float()
         if "labels" in batch:
             labels = batch["labels"].to(device)
-            loss_sum += F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), ignore_index=IGNORE, reduction="sum").item()
+            loss_sum += F.cross_entropy(logits.reshape(-1, num_labels), labels.reshape(-1), ignore_index=IGNORE,
+                                        reduction="sum").item()
             loss_count += int((labels != IGNORE).sum())
         row_probs = logits.softmax(-1).cpu()
         for r, row in enumerate(chunk):

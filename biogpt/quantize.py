@@ -246,13 +246,15 @@ def quantize_int4(weight: torch.Tensor, group: int = INT4_GROUP) -> tuple[torch.
 class Int4Linear(nn.Module):
     """y = x @ W.T + bias with W in 4 bits per weight, `aten._weight_int4pack_mm_for_cpu` (bf16 x)."""
 
-    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None, group: int = INT4_GROUP):
+    def __init__(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bias: torch.Tensor | None,
+                 group: int = INT4_GROUP):
         super().__init__()
         self.out_features, self.in_features = q.shape
         self.group = group
         self.register_buffer("weight_int4", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))
         # [in / group, out, 2]: the kernel's layout for (scale, zero).
-        self.register_buffer("scales_and_zeros", torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16))
+        self.register_buffer("scales_and_zeros",
+                             torch.stack([scale, zero], dim=-1).transpose(0, 1).contiguous().to(torch.bfloat16))
         self.register_buffer("bias", None if bias is None else bias.detach().clone())
 
     @staticmethod
@@ -283,7 +285,8 @@ class Int4Linear(nn.Module):
         return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}, bias={self.bias is not None}"
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group={self.group}, "
+                f"bias={self.bias is not None}")
 
 
 # ---------------------------------------------------------------------------------------------

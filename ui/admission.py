@@ -133,7 +133,8 @@ class Admission:
     @staticmethod
     def tab_name(fn) -> str:
         name = str(getattr(fn, "api_name", "") or "this").replace("_", " ")
-        return {"ner": "NER", "pubmedqa": "PubMedQA", "zero shot": "zero-shot"}.get(name, name.capitalize() if name.islower() else name)
+        return {"ner": "NER", "pubmedqa": "PubMedQA", "zero shot": "zero-shot"}.get(
+            name, name.capitalize() if name.islower() else name)
 
     # ----- the decision ------------------------------------------------------------------------
 

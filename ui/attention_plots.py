@@ -110,7 +110,7 @@ def overview_grid(values: np.ndarray, statistic: str, selected: tuple[int, int] 
     layers, heads = values.shape
     fig = go.Figure(go.Heatmap(
         z=np.asarray(values, np.float32), x=[f"head {h}" for h in range(1, heads + 1)],
-        y=[f"layer {l}" for l in range(1, layers + 1)], colorscale="Viridis",
+        y=[f"layer {number}" for number in range(1, layers + 1)], colorscale="Viridis",
         colorbar=dict(title=dict(text=escape(statistic), side="right"), thickness=14),
         texttemplate="%{z:.2f}" if layers * heads <= 400 else None, textfont=dict(size=10),
         hovertemplate="%{y}, %{x}<br>" + escape(statistic) + " %{z:.3f}<extra></extra>",
@@ -240,8 +240,10 @@ def logit_lens_figure(
     names = layer_names(steps - 1)
     names[-1] += " (output)"
     rows = 2 if watch_ranks is not None and len(watch_labels) else 1
+    watched = (escape(tokens[watch_position - first])
+               if watch_position is not None and first <= watch_position < first + width else watch_position)
     fig = make_subplots(rows=rows, cols=1, vertical_spacing=0.22, row_heights=[0.62, 0.38] if rows == 2 else [1.0],
-                        subplot_titles=(None, None) if rows == 1 else ("", f"Rank of the watched tokens after “{escape(tokens[watch_position - first]) if watch_position is not None and first <= watch_position < first + width else watch_position}”"))
+                        subplot_titles=(None, None) if rows == 1 else ("", f"Rank of the watched tokens after “{watched}”"))
     labels = np.vectorize(escape, otypes=[object])(top_labels)
     hover = np.empty((steps, width), dtype=object)
     for s in range(steps):
@@ -252,7 +254,8 @@ def logit_lens_figure(
         z=top_probs[:, :, 0].astype(np.float32), x=axis_labels(tokens), y=names, colorscale="Blues",
         zmin=0.0, zmax=1.0, text=cell_text, customdata=hover,
         texttemplate="%{text}" if width <= 40 else None, textfont=dict(size=10),
-        colorbar=dict(title=dict(text="top-1 probability", side="right"), thickness=14, len=0.6 if rows == 2 else 1, y=0.7 if rows == 2 else 0.5),
+        colorbar=dict(title=dict(text="top-1 probability", side="right"), thickness=14, len=0.6 if rows == 2 else 1,
+                      y=0.7 if rows == 2 else 0.5),
         hovertemplate="after <b>%{x}</b>, %{y}:<br>%{customdata}<extra></extra>",
     ), row=1, col=1)
     fig.update_yaxes(autorange="reversed", showgrid=False, row=1, col=1)

@@ -193,8 +193,8 @@ def _overview(engine, analysis, c: Controls, layer: int, head: int):
 
     def table() -> dict:
         stats = analysis.head_statistics()
-        rows = [[l + 1, h + 1, *[float(stats[name][l, h]) for name in analysis.STATISTICS]]
-                for l in range(analysis.num_layers) for h in range(analysis.num_heads)]
+        rows = [[layer_index + 1, h + 1, *[float(stats[name][layer_index, h]) for name in analysis.STATISTICS]]
+                for layer_index in range(analysis.num_layers) for h in range(analysis.num_heads)]
         return {"columns": ["layer", "head", *analysis.STATISTICS.values()], "rows": rows, "meta": {"view": "overview"}}
 
     return figure, table, f"Selected: layer {layer + 1}, head {head + 1}: {label.lower()} {values[layer, head]:.3f}."
@@ -234,7 +234,8 @@ def _hidden(engine, analysis, c: Controls, layer: int, head: int):
 
     def table() -> dict:
         names = plots.layer_names(analysis.num_layers)
-        rows = [[names[s], i, analysis.tokens[i], float(norms[s, i])] for s in range(norms.shape[0]) for i in range(analysis.length)]
+        rows = [[names[s], i, analysis.tokens[i], float(norms[s, i])]
+                for s in range(norms.shape[0]) for i in range(analysis.length)]
         pca = [[analysis.tokens[p], p, names[s], float(coords[n, s, 0]), float(coords[n, s, 1])]
                for n, p in enumerate(traced) for s in range(coords.shape[1])]
         return {"columns": ["layer", "position", "token", "norm"], "rows": rows,
@@ -259,7 +260,8 @@ def _lens(engine, analysis, c: Controls, layer: int, head: int):
     names = plots.layer_names(analysis.num_layers)
 
     def table() -> dict:
-        rows = [[names[s], i, analysis.tokens[i], *[x for j in range(lens.ids.shape[2]) for x in (str(lens.labels[s, i, j]), float(lens.probs[s, i, j]))]]
+        rows = [[names[s], i, analysis.tokens[i],
+                 *[x for j in range(lens.ids.shape[2]) for x in (str(lens.labels[s, i, j]), float(lens.probs[s, i, j]))]]
                 for s in range(lens.ids.shape[0]) for i in range(analysis.length)]
         columns = ["layer", "position", "token"] + [x for j in range(lens.ids.shape[2]) for x in (f"top{j + 1}", f"p{j + 1}")]
         meta: dict[str, Any] = {"view": "logit lens"}
@@ -312,9 +314,10 @@ def _ablation(engine, analysis, c: Controls, layer: int, head: int):
                  f"Without {heads_text}: *{' '.join(result.continuation_after)}*")
 
     def table() -> dict:
-        rows = [[label, int(i), float(b), float(a)] for label, i, b, a in zip(result.labels, result.ids, result.before, result.after)]
+        rows = [[label, int(i), float(b), float(a)]
+                for label, i, b, a in zip(result.labels, result.ids, result.before, result.after)]
         return {"columns": ["token", "id", "p with all heads", "p ablated"], "rows": rows,
-                "meta": {"view": "ablation", "heads": [[l + 1, h + 1] for l, h in heads], "kl": result.kl,
+                "meta": {"view": "ablation", "heads": [[layer_index + 1, h + 1] for layer_index, h in heads], "kl": result.kl,
                          "continuation_before": result.continuation_before, "continuation_after": result.continuation_after}}
 
     return figure, table, extra
@@ -418,7 +421,8 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                                         elem_id="attention-hide-sink")
                 min_weight = gr.Slider(0, 1, value=0, step=0.01, label="Hide weights below", elem_id="attention-threshold")
             with gr.Group() as start_group:
-                start = gr.Slider(0, 1023, value=0, step=1, label="Zoom: first token shown", info="for long texts; 0 shows the whole text",
+                start = gr.Slider(0, 1023, value=0, step=1, label="Zoom: first token shown",
+                                  info="for long texts; 0 shows the whole text",
                                   elem_id="attention-start")
             with gr.Group(visible=False) as overview_group:
                 statistic = gr.Dropdown([(label, key) for key, label in engine.interpreter.STATISTICS.items()],
@@ -431,18 +435,22 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                 direction = gr.Radio(DIRECTION_CHOICES, value="to", label="Links", elem_id="attention-direction")
                 links = gr.Slider(1, 30, value=8, step=1, label="Strongest links per head", elem_id="attention-links")
             with gr.Group(visible=False) as hidden_group:
-                trace = gr.Textbox("", label="Tokens to trace", info="comma-separated words or numbers; empty = five across the text",
+                trace = gr.Textbox("", label="Tokens to trace",
+                                   info="comma-separated words or numbers; empty = five across the text",
                                    elem_id="attention-trace")
             with gr.Group(visible=False) as lens_group:
-                watch = gr.Textbox("", label="Watch list", info="comma-separated words whose rank to follow after the chosen token",
+                watch = gr.Textbox("", label="Watch list",
+                                   info="comma-separated words whose rank to follow after the chosen token",
                                    elem_id="attention-watch")
             with gr.Group(visible=False) as generation_group:
                 new_tokens = gr.Slider(1, 64, value=20, step=1, label="New tokens to generate", elem_id="attention-new-tokens")
                 step = gr.Slider(1, 64, value=1, step=1, label="Step", elem_id="attention-step")
             with gr.Group(visible=False) as ablation_group:
-                heads_off = gr.Textbox("", label="Heads to switch off", info="layer.head, e.g. 3.5 or 4.* (every head of layer 4); empty = the selected head",
+                heads_off = gr.Textbox("", label="Heads to switch off",
+                                       info="layer.head, e.g. 3.5 or 4.* (every head of layer 4); empty = the selected head",
                                        elem_id="attention-heads-off")
-                continue_tokens = gr.Slider(0, 40, value=0, step=1, label="Greedy continuation to compare", info="tokens; 0 = none",
+                continue_tokens = gr.Slider(0, 40, value=0, step=1, label="Greedy continuation to compare",
+                                            info="tokens; 0 = none",
                                             elem_id="attention-continue")
         with gr.Column(scale=3):
             plot = gr.Plot(show_label=False, elem_id="attention-plot")

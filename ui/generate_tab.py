@@ -124,7 +124,8 @@ def build_generate_tab(engine: Engine) -> None:
                     answer_plot = gr.Plot(label="yes / no / maybe", elem_id="qa-plot")
                     answer_info = gr.Markdown(label="Summary", elem_id="qa-info")
                     with gr.Accordion("Prompt sent to the model", open=False):
-                        answer_prompt = gr.Textbox(label="Prompt", show_label=False, lines=4, interactive=False, elem_id="qa-prompt")
+                        answer_prompt = gr.Textbox(label="Prompt", show_label=False, lines=4, interactive=False,
+                                                   elem_id="qa-prompt")
 
     controls = dict(prompt=prompt, model=model, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
                     top_k=top_k, top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,

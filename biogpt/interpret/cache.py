@@ -116,7 +116,7 @@ class Interpreter:
         return result
 
     def ablate(self, analysis: Analysis, heads: Sequence[tuple[int, int]], k: int = 8, continue_tokens: int = 0) -> Ablation:
-        heads = tuple(sorted({(int(l), int(h)) for l, h in heads}))
+        heads = tuple(sorted({(int(layer), int(h)) for layer, h in heads}))
 
         def compute() -> Ablation:
             model, tokenizer = self._model(analysis.model_id)

@@ -93,7 +93,7 @@ def ablate(
 ) -> Ablation:
     """Switch off `heads` with `head_mask` and compare the next-token distribution (and, with
     `continue_tokens`, the greedy continuation) with the unablated model's."""
-    heads = tuple(sorted({(int(l), int(h)) for l, h in heads}))
+    heads = tuple(sorted({(int(layer), int(h)) for layer, h in heads}))
     mask = head_mask_for(heads, analysis.num_layers, analysis.num_heads).to(device=model.device, dtype=model.dtype)
     input_ids = torch.from_numpy(analysis.token_ids).view(1, -1).to(model.device)
     with torch.inference_mode():

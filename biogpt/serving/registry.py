@@ -228,7 +228,8 @@ class ModelRegistry:
         try:
             config = BioGptConfig.from_dict(json.loads(config_file.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise InputError(f"{name}'s config.json cannot be read ({type(error).__name__}), so the model cannot be loaded.") from None
+            raise InputError(f"{name}'s config.json cannot be read ({type(error).__name__}), "
+                             "so the model cannot be loaded.") from None
         return weight_bytes_estimate(config, HEADS[task], getattr(torch, self.dtype), self.quantize)
 
     def _refuse_oversized(self, name: str, need: int) -> None:
@@ -237,7 +238,8 @@ class ModelRegistry:
         if need > budget:
             raise InputError(
                 f"{name} needs about {need / 2**30:.1f} GB for its weights in {self.quantize or self.dtype}, more than "
-                f"this server's model memory of {budget / 2**30:.1f} GB; pick a smaller model (the operator can raise --model-memory-gb)."
+                f"this server's model memory of {budget / 2**30:.1f} GB; pick a smaller model "
+                "(the operator can raise --model-memory-gb)."
             )
 
     def preload(self, names_and_tasks: list[tuple[str, str]]) -> threading.Thread:
@@ -312,7 +314,8 @@ class ModelRegistry:
         elif vocab_size in TOKENIZER_BY_VOCAB:
             digest = source = TOKENIZER_BY_VOCAB[vocab_size]
         else:
-            raise InputError(f"{shown_name(folder)} has no tokenizer files (vocab.json, merges.txt) and no bundled tokenizer has {vocab_size} tokens.")
+            raise InputError(f"{shown_name(folder)} has no tokenizer files (vocab.json, merges.txt) "
+                             f"and no bundled tokenizer has {vocab_size} tokens.")
         with self._tokenizers_lock:
             tokenizer = self._tokenizers.get(digest)
         if tokenizer is None:

@@ -37,8 +37,10 @@ class GenerationRequest:
             raise InputError(f"The decoding mode must be one of {', '.join(DECODING_MODES)}, got {self.mode!r}.")
         kwargs: dict[str, Any] = {
             "max_new_tokens": checked_number(self.max_new_tokens, "Max new tokens", 1, limits.max_new_tokens, whole=True),
-            "repetition_penalty": checked_number(self.repetition_penalty, "Repetition penalty", 0.01, limits.max_repetition_penalty),
-            "no_repeat_ngram_size": checked_number(self.no_repeat_ngram_size, "No-repeat n-gram size", 0, limits.max_no_repeat_ngram, whole=True),
+            "repetition_penalty": checked_number(self.repetition_penalty, "Repetition penalty", 0.01,
+                                                 limits.max_repetition_penalty),
+            "no_repeat_ngram_size": checked_number(self.no_repeat_ngram_size, "No-repeat n-gram size", 0,
+                                                   limits.max_no_repeat_ngram, whole=True),
         }
         returns = checked_number(self.num_return_sequences, "Number of sequences", 1, limits.max_return_sequences, whole=True)
         if self.mode == "sampling":

@@ -51,7 +51,8 @@ def zero_shot_template(template: str) -> str:
     # it many times cost seconds of tokenising before the token cap refused it.
     repeats = template.count("{text}")
     if repeats > MAX_TEXT_PLACEHOLDERS:
-        raise InputError(f"The template uses {{text}} {repeats} times; at most {MAX_TEXT_PLACEHOLDERS} are allowed, as each copy of the text is scored again.")
+        raise InputError(f"The template uses {{text}} {repeats} times; at most {MAX_TEXT_PLACEHOLDERS} are allowed, "
+                         "as each copy of the text is scored again.")
     return template
 
 

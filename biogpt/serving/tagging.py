@@ -27,7 +27,8 @@ def ner(loaded: LoadedModel, text: str, aggregation: str, limits: Limits) -> Ner
     id2label = loaded.model.config.id2label or {}
     types = sorted({label.split("-", 1)[1] for label in id2label.values() if label[:2] in ("B-", "I-")})
     if not types:
-        raise InputError(f"{loaded.name}'s labels ({', '.join(list(id2label.values())[:5])}) are not BIO tags, so spans cannot be read from them.")
+        raise InputError(f"{loaded.name}'s labels ({', '.join(list(id2label.values())[:5])}) are not BIO tags, "
+                         "so spans cannot be read from them.")
     started = time.perf_counter()
     pieces, spans = loaded.tokenizer.tokenize_with_offsets(text)
     keep = [i for i, (s, e) in enumerate(spans) if e > s]  # literal special tokens carry no text
@@ -60,12 +61,14 @@ def classify(loaded: LoadedModel, text: str) -> ClassificationResult:
     require_trained_head(loaded, "classification", "bundled-hoc")
     ids = loaded.tokenizer.encode(text)
     if len(ids) > loaded.max_positions:
-        raise InputError(f"The text has {len(ids):,} tokens but {loaded.name} reads at most {loaded.max_positions:,}; shorten it.")
+        raise InputError(f"The text has {len(ids):,} tokens but {loaded.name} reads at most {loaded.max_positions:,}; "
+                         "shorten it.")
     started = time.perf_counter()
     with torch.inference_mode():
         logits = loaded.model(input_ids=torch.tensor([ids], device=loaded.model.device)).logits[0].float().cpu()
     config = loaded.model.config
-    labels = [config.id2label[i] for i in range(len(config.id2label))] if config.id2label else [f"LABEL_{i}" for i in range(logits.shape[0])]
+    labels = ([config.id2label[i] for i in range(len(config.id2label))] if config.id2label
+              else [f"LABEL_{i}" for i in range(logits.shape[0])])
     multi = bool(loaded.studio.get("multi_label")) or config.problem_type == "multi_label_classification"
     if multi:
         probabilities = torch.sigmoid(logits).numpy().astype(np.float32)

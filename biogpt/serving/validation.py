@@ -142,7 +142,8 @@ def resolve_seed(requested: Any) -> int:
         if not math.isfinite(value) or not float(value).is_integer():
             raise InputError(f"The seed must be {_SEED_RANGE}, got {float(value)!r}.")
         if abs(value) > 2**53:  # a float this large stands for many integers: which seed was meant is lost
-            raise InputError(f"The seed {float(value):.0f} arrived as a rounded decimal number; send {_SEED_RANGE} as an integer.")
+            raise InputError(f"The seed {float(value):.0f} arrived as a rounded decimal number; "
+                             f"send {_SEED_RANGE} as an integer.")
     value = int(value)
     if value == -1:
         return secrets.randbelow(MAX_SEED + 1)
@@ -178,5 +179,6 @@ def candidate_labels(labels: Any, limits: Limits) -> list[str]:
         if strange is not None:
             raise InputError(f"Each candidate label must be text, not {type(strange).__name__}.")
     else:
-        raise InputError(f"The candidate labels must be text separated by commas or a list of texts, not {type(labels).__name__}.")
+        raise InputError("The candidate labels must be text separated by commas or a list of texts, "
+                         f"not {type(labels).__name__}.")
     return list(dict.fromkeys(without_surrogates(label.strip()) for label in labels if label and label.strip()))

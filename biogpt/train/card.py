@@ -55,7 +55,8 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
     if task.name == "ner":
         lines += ["", "How to read it (also in config.json, `biogpt_studio`): BIO tags per Moses word, read at the word's "
                   f"**{extra.get('ner_label_token')}** BPE piece; input "
-                  + ("`</s> text </s> text` with the tags read on the second copy" if extra.get("ner_input") == "doubled" else "`</s> text`")
+                  + ("`</s> text </s> text` with the tags read on the second copy" if extra.get("ner_input") == "doubled"
+                     else "`</s> text`")
                   + f"; windows of {extra.get('ner_window')} pieces, stride {extra.get('ner_stride')}. "
                   "`biogpt.train.predict_entities(model, tokenizer, texts)` does all of this."]
     if task.name == "classify" and extra.get("multi_label"):
@@ -63,7 +64,8 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
                   f"`{extra.get('empty_label')}` in the data means no label (all zeros)."]
     lines += ["", "## Data and licences", ""]
     lines += [f"- {s}" for s in sources] or ["- (files below)"]
-    roles = [("Training", info["train_files"]), ("Validation", info["valid_files"]), ("Test (final evaluation only)", info["test_files"])]
+    roles = [("Training", info["train_files"]), ("Validation", info["valid_files"]),
+             ("Test (final evaluation only)", info["test_files"])]
     lines += [""] + [f"{role} files: " + ", ".join(f"`{f}`" for f in paths) + "." for role, paths in roles if paths]
     if not info["valid_files"]:
         lines.append(f"Validation: {info['valid_percent']}% of the training examples, chosen by a hash of their text.")
@@ -77,8 +79,8 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
               "- Data sizes: " + ", ".join(f"{k} {v:,}" for k, v in task.sizes.items()),
               f"- Steps: {info['steps']} ({info['epochs_done']:.2f} epochs), best validation at step {info['best_step']}; "
               f"stopped because: {info['stop_reason']}",
-              f"- Wall time: {info['wall_s'] / 60:.1f} min (training loop {info['train_s'] / 60:.1f} min) on {info['device_name']}, "
-              f"torch {torch.__version__}",
+              f"- Wall time: {info['wall_s'] / 60:.1f} min (training loop {info['train_s'] / 60:.1f} min) "
+              f"on {info['device_name']}, torch {torch.__version__}",
               "", "Exact command:", "", "```", info["command"], "```",
               "", "## Metrics", ""]
     for split in ("valid", "test"):

@@ -235,7 +235,8 @@ def _read_pubtator(path, lines: list[str], types) -> list[NerDocument]:
             raise DataError(path, number, f"expected pmid, start, end, mention, type separated by tabs, got {len(fields)} fields")
         if current["text"] is None:
             current["text"] = current["title"]
-        current["entities"].append(_check_entity(path, number, current["text"], fields[1], fields[2], fields[4], fields[3], types))
+        current["entities"].append(
+            _check_entity(path, number, current["text"], fields[1], fields[2], fields[4], fields[3], types))
     finish()
     if not documents:
         raise DataError(path, None, "no documents in the file")

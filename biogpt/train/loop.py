@@ -215,7 +215,8 @@ class Trainer:
         if config.keep_checkpoint:
             self.save_checkpoint()
         self.stop_reason = stop
-        self.log(f"training stopped: {stop}; best validation {self.task.metric} {self.state['best']} at step {self.state['best_step']}")
+        self.log(f"training stopped: {stop}; best validation {self.task.metric} {self.state['best']} "
+                 f"at step {self.state['best_step']}")
         return stop
 
     def _train_epoch(self) -> str | None:

@@ -57,7 +57,8 @@ def blocks_perplexity(model, batches, autocast=contextlib.nullcontext) -> dict:
         ids = ids.to(model.device)
         with autocast():
             logits = model(input_ids=ids).logits
-        total += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum").item()
+        total += F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                 reduction="sum").item()
         count += ids[:, 1:].numel()
     loss = total / max(count, 1)
     return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": count}

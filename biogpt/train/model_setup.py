@@ -68,8 +68,8 @@ def build_model(config: TrainConfig, task: Task, tokenizer, log: Callable[[str],
         model = task.model_class(model_config)
         model.init_weights()
         log(f"new model from scratch: {model_config.num_hidden_layers} layers, hidden {model_config.hidden_size}, "
-            f"{model_config.num_attention_heads} heads, intermediate {model_config.intermediate_size}, vocab {model_config.vocab_size}, "
-            f"max positions {model_config.max_position_embeddings}")
+            f"{model_config.num_attention_heads} heads, intermediate {model_config.intermediate_size}, "
+            f"vocab {model_config.vocab_size}, max positions {model_config.max_position_embeddings}")
     if config.freeze_embeddings:
         # Fine-tuning on a few thousand documents overfits; the 10.8 M token embeddings are most
         # of a small model's weights. Frozen, they also stay byte-identical to the base LM's.

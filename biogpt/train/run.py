@@ -93,5 +93,6 @@ def run_training(config: TrainConfig, log: Callable[[str], None] | None = None) 
     parts = [f"valid {task.headline(metrics['valid'])}"]
     if "test" in metrics:
         parts.append(f"test {task.headline(metrics['test'])}")
-    print(f"SUMMARY {config.task} {out}: " + " | ".join(parts) + f" | steps {trainer.state['step']} | wall {wall:.1f}s", flush=True)
+    print(f"SUMMARY {config.task} {out}: " + " | ".join(parts) + f" | steps {trainer.state['step']} | wall {wall:.1f}s",
+          flush=True)
     return summary

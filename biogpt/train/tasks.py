@@ -174,7 +174,8 @@ class NerTask(Task):
             raise DataError(config.train[0], None, "no training documents left")
         limit = (max_positions - 2) // 2 if config.double_text else max_positions - 1
         window = min(config.max_length or limit, limit)
-        self.settings = NerSettings(config.double_text, config.label_token, window, min(config.stride or max(1, window // 2), window))
+        self.settings = NerSettings(config.double_text, config.label_token, window,
+                                    min(config.stride or max(1, window // 2), window))
         started = time.time()
         everything = self.train + self.valid + self.test
         encoded = encode_ner_documents(tokenizer, [d.text for d in everything], workers=config.workers)
@@ -233,7 +234,8 @@ class NerTask(Task):
 
     def sample_batches(self, n: int = 2):
         rows = window_rows(self.enc["valid"][:8], self.settings, self.tokenizer.eos_token_id)
-        return [pad_batch([r["ids"] for r in rows[i:i + 4]], self.tokenizer.pad_token_id) for i in range(0, min(len(rows), 4 * n), 4)]
+        return [pad_batch([r["ids"] for r in rows[i:i + 4]], self.tokenizer.pad_token_id)
+                for i in range(0, min(len(rows), 4 * n), 4)]
 
     def headline(self, metrics: dict) -> str:
         per = " ".join(f"{k}={v['f1']:.4f}" for k, v in metrics["per_type"].items())
