@@ -1,7 +1,7 @@
 """Issue 13, "One visitor can take the server": admission control and abandoned work.
 
 Every visitor here is a distinct loopback address (Linux routes all of 127/8 to lo): an httpx
-client bound to 127.0.0.N speaks to the real app (tests/app_server.running_app) as the browser
+client bound to 127.0.0.N speaks to the real app (testkit.app_server.running_app) as the browser
 and gradio_client do (`/queue/join` + `/queue/data`, or the REST `/call` routes). Work done for
 a request after its client left is counted in model forwards (a hook on the decoder), not timed.
 """

@@ -276,7 +276,7 @@ def test_int8_weights_answer_every_tab_and_say_so():
     loaded = quantized.load("bundled", "generate")
     assert loaded.model.quantization == "int8" and "int8 weights" in loaded.describe()
     assert result.finished and result.new_tokens == 12 and result.samples[0].text
-    # Greedy int8 text starts like fp32's (see tests/test_quantize.py for the agreement bounds).
+    # Greedy int8 text starts like fp32's (see tests/unit/test_quantize.py for the agreement bounds).
     full = list(Engine(device="cpu", dtype="float32").generate(
         GenerationRequest(prompt="Naloxone reverses the", mode="greedy", max_new_tokens=12)))[-1]
     assert result.samples[0].token_ids[:3].tolist() == full.samples[0].token_ids[:3].tolist()
