@@ -161,7 +161,7 @@ def main() -> None:
         f"\nint8 vs transformers fp32: {tps[int8] / tps[reference]:.2f}x tokens/s (target >= 2.5), "
         f"time to first token {ttft[int8] / ttft[reference]:.2f}x (target <= 1)"
     )
-    print("(the weights are random, so token agreement here says nothing about quality: see tests/test_quantize.py)")
+    print("(the weights are random, so token agreement here says nothing about quality: see tests/unit/test_quantize.py)")
 
 
 if __name__ == "__main__":

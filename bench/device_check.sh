@@ -26,7 +26,7 @@ fi
 
 # Every test with "cuda" in its name, and the compiled step's (which compiles on the CPU too).
 timeout -k 5 150 python3 -m pytest -q -rP --show-capture=stdout -p no:cacheprovider \
-  tests/test_graphed.py tests/test_model_parity.py tests/test_quantize.py tests/test_batching.py \
+  tests/unit/test_graphed.py tests/parity/test_model_parity.py tests/unit/test_quantize.py tests/unit/test_batching.py \
   -k "cuda or compiled" 2>&1 | tee "$RESULTS/cuda-tests.txt" | tail -40
 
 bash bench/gpu.sh --budget 330 "$@"

@@ -8,7 +8,6 @@ a request after its client left is counted in model forwards (a hook on the deco
 
 from __future__ import annotations
 
-import dataclasses
 
 import contextlib
 import json
@@ -133,10 +132,10 @@ def listening(app: App, session: str, address: str):
 
 def beam_turns_free(engine, timeout: float = 60) -> bool:
     """Wait until no beam search holds a turn (each holds one until its thread is done)."""
-    turns = [engine._beam_searches.acquire(timeout=timeout) for _ in range(engine.limits.max_parallel_beam_searches)]
+    turns = [engine.beam_turns.semaphore.acquire(timeout=timeout) for _ in range(engine.limits.max_parallel_beam_searches)]
     for taken in turns:
         if taken:
-            engine._beam_searches.release()
+            engine.beam_turns.release()
     return all(turns)
 
 
@@ -390,7 +389,7 @@ def test_waiting_beam_searches_leave_generate_slots_to_a_greedy_request_and_stop
     at_close = app.forwards
     assert app.wait_until_gone(running, timeout=30)
     assert app.forwards - at_close <= 4  # the two running ones, at most two steps each
-    assert app.engine._beam_waiting == 0
+    assert app.engine.beam_turns.waiting == 0
 
 
 # ----- the cancellation check itself, without the app -------------------------------------------------
@@ -432,16 +431,16 @@ def test_a_batched_stream_ends_at_the_next_step_once_should_stop_says_yes(app):
 def test_a_beam_search_beyond_the_waiting_room_is_refused_with_a_sentence(app):
     engine = app.engine
     request = GenerationRequest(prompt="Naloxone reverses the", mode="beam search", num_beams=2, max_new_tokens=4)
-    taken = [engine._beam_searches.acquire(blocking=False) for _ in range(engine.limits.max_parallel_beam_searches)]
-    saved, engine.limits = engine.limits, dataclasses.replace(engine.limits, max_waiting_beam_searches=0)
+    taken = [engine.beam_turns.semaphore.acquire(blocking=False) for _ in range(engine.limits.max_parallel_beam_searches)]
+    saved, engine.beam_turns.max_waiting = engine.beam_turns.max_waiting, 0
     try:
         assert all(taken)
         with pytest.raises(InputError, match="beam searches are already waiting"):
             list(engine.generate(request))
     finally:
-        engine.limits = saved
+        engine.beam_turns.max_waiting = saved
         for _ in taken:
-            engine._beam_searches.release()
+            engine.beam_turns.release()
 
 
 def test_on_a_space_the_visitor_is_the_right_most_public_forwarded_address_so_a_forged_one_changes_nothing(monkeypatch):
