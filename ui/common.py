@@ -11,7 +11,7 @@ from typing import Any, Callable
 import gradio as gr
 
 from biogpt.hub import ASSETS_DIR
-from biogpt.serving import Engine, InputError
+from biogpt.serving import Engine, InputError, ModelNotAvailableError
 
 from .views import visitor_text
 
@@ -26,8 +26,6 @@ def _as_user_error(error: BaseException) -> gr.Error:
     `<`, `>` and `&` are escaped so that markup shows as text, and a long quote is shortened in
     the middle. A refused input is the visitor's mistake: no traceback (which would repeat the
     whole input) goes to the server's log."""
-    from biogpt.loading import ModelNotAvailableError
-
     if isinstance(error, gr.Error):
         return error
     if isinstance(error, (InputError, ModelNotAvailableError, ValueError)):

@@ -8,8 +8,7 @@ from dataclasses import fields
 
 import gradio as gr
 
-from biogpt.serving import DECODING_MODES, MAX_SEED, Engine, GenerationRequest, parse_stop_strings
-from biogpt.generation import DecodingStopped
+from biogpt.serving import DECODING_MODES, MAX_SEED, DecodingStopped, Engine, GenerationRequest, parse_stop_strings
 
 from . import plots, views
 from .admission import reader_gone
