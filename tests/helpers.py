@@ -14,8 +14,10 @@ from testkit.checkpoints import perturb_
 ARTIFACTS = REPO / "tests" / "artifacts"
 
 # Shapes the parity tests cover: a tiny one, an odd one, and the real microsoft/biogpt shape.
-TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128)
-ODD = dict(vocab_size=777, hidden_size=96, num_hidden_layers=5, num_attention_heads=3, intermediate_size=200, max_position_embeddings=96)
+TINY = dict(vocab_size=1000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=128)
+ODD = dict(vocab_size=777, hidden_size=96, num_hidden_layers=5, num_attention_heads=3, intermediate_size=200,
+           max_position_embeddings=96)
 FULL = dict()  # transformers' BioGptConfig defaults are microsoft/biogpt's shape
 
 

@@ -47,7 +47,8 @@ def test_sixteen_concurrent_users_get_correct_answers_or_a_clear_queue_full_mess
     zero_shot = EXAMPLES["zero_shot"][0]
     # All 16 clients come from 127.0.0.1, as a classroom behind one NAT address would: the
     # per-visitor limits are raised so that only the per-tab waiting room (QUEUE_SIZE) refuses.
-    flags = ("--concurrency", str(CONCURRENCY), "--queue-size", str(QUEUE_SIZE), "--visitor-requests", "64", "--visitor-requests-per-tab", "64")
+    flags = ("--concurrency", str(CONCURRENCY), "--queue-size", str(QUEUE_SIZE),
+             "--visitor-requests", "64", "--visitor-requests-per-tab", "64")
     with running_app(*flags) as (url, engine):
         # What each endpoint answers to a lone user: the reference every concurrent answer must equal.
         expected_text = list(engine.generate(GenerationRequest(prompt, mode="greedy", max_new_tokens=24)))[-1].samples[0].text

@@ -75,7 +75,8 @@ def data_sources() -> dict[str, list[str]]:
     return {
         "bc5cdr": [json.loads(line)["text"] for f in sorted((DATA / "BC5CDR").glob("ner_spans_*.jsonl")) for line in _lines(f)],
         "hoc": [line.split("\t")[0] for f in ("train.tsv", "test.tsv") for line in _lines(DATA / "HoC" / f)],
-        "pubmedqa": [line.split("\t")[0] for f in ("train.tsv", "valid.tsv", "test.tsv") for line in _lines(DATA / "PubMedQA" / f)],
+        "pubmedqa": [line.split("\t")[0]
+                     for f in ("train.tsv", "valid.tsv", "test.tsv") for line in _lines(DATA / "PubMedQA" / f)],
         "ddi_kd_dti": [
             " ".join(filter(None, [doc.get("title"), doc["abstract"]]))
             for folder in ("DDI", "KD-DTI")
@@ -216,7 +217,8 @@ def test_decode_same_as_transformers_on_random_ids():
         ids = [rng.choice([0, 1, 2, 3, rng.randrange(mine.vocab_size)]) for _ in range(rng.randint(0, 30))]
         for skip in (False, True):
             for clean in (None, True):
-                assert mine.decode(ids, skip, clean) == theirs.decode(ids, skip_special_tokens=skip, clean_up_tokenization_spaces=clean)
+                assert mine.decode(ids, skip, clean) == theirs.decode(ids, skip_special_tokens=skip,
+                                                                      clean_up_tokenization_spaces=clean)
 
 
 def hf_bpe(word: str, ranks: dict) -> list[str]:

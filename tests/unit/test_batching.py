@@ -175,7 +175,8 @@ def test_a_long_prompt_goes_in_by_chunks_between_the_running_requests_steps_and_
     short_settings = dict(max_new_tokens=90, eos_token_id=None, do_sample=False)
 
     def ask(batcher, prompt, settings):
-        return [(o.token_ids, o.token_logprobs) for o in generate_detailed(odd_model, tokenizer, prompt, batcher=batcher, **settings)]
+        return [(o.token_ids, o.token_logprobs)
+                for o in generate_detailed(odd_model, tokenizer, prompt, batcher=batcher, **settings)]
 
     alone_batcher = DecodeBatcher(odd_model, prefill_chunk=16)
     alone_long = ask(alone_batcher, long_prompt, long_settings)

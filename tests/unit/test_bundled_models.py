@@ -91,7 +91,8 @@ def test_hoc_micro_f1_stays_at_the_card_value(tokenizer):
     with torch.no_grad():
         for start in range(0, len(rows), 32):
             chunk = rows[start:start + 32]
-            batch = tokenizer([t for t, _ in chunk], padding=True, truncation=True, max_length=settings["max_length"], return_tensors="pt")
+            batch = tokenizer([t for t, _ in chunk], padding=True, truncation=True, max_length=settings["max_length"],
+                              return_tensors="pt")
             probs = torch.sigmoid(model(**batch).logits)
             for (_, gold), p in zip(chunk, probs):
                 predicted = {labels[i] for i in range(len(labels)) if p[i] >= settings["threshold"]}

@@ -258,7 +258,7 @@ def test_views_escape_text_and_plots_show_the_threshold(engine):
 
     result = engine.classify("Cyclin D1 levels were reduced .")
     figure = plots.label_chart(result)
-    assert list(figure.data[0].y) == sorted(result.labels, key=lambda l: result.probabilities[result.labels.index(l)])
+    assert list(figure.data[0].y) == sorted(result.labels, key=lambda label: result.probabilities[result.labels.index(label)])
     assert any(shape.x0 == result.threshold for shape in figure.layout.shapes)
 
     generated = list(engine.generate(GenerationRequest(prompt="a <b>", max_new_tokens=5, seed=3)))[-1]

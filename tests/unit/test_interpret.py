@@ -296,7 +296,8 @@ def test_generation_trace_reads_attention_from_the_decoding(model, tokenizer, an
         expected = torch.stack([a[0, :, query, : query + 1] for a in full.attentions]).numpy()
         np.testing.assert_allclose(trace.attentions[step, :, :, : query + 1].astype(np.float32), expected, atol=2e-3)
         assert not trace.attentions[step, :, :, query + 1 :].any()
-    np.testing.assert_allclose(trace.attentions[0, :, :, :prompt].astype(np.float32), analysis.attentions[:, :, -1].astype(np.float32), atol=2e-3)
+    np.testing.assert_allclose(trace.attentions[0, :, :, :prompt].astype(np.float32),
+                               analysis.attentions[:, :, -1].astype(np.float32), atol=2e-3)
 
 
 def test_views_answer_from_the_cache_without_a_forward(model, tokenizer):

@@ -141,7 +141,8 @@ def test_the_default_model_memory_is_half_the_machines_ram():
         Engine(device="cpu", model_memory_gb=0)
 
 
-def test_bfloat16_on_a_cpu_without_bf16_instructions_is_allowed_but_logged_and_named_in_results(monkeypatch, caplog, bundled_models):
+def test_bfloat16_on_a_cpu_without_bf16_instructions_is_allowed_but_logged_and_named_in_results(monkeypatch, caplog,
+                                                                                                 bundled_models):
     monkeypatch.setenv("BIOGPT_CPU_FLAGS", "sse4_2 avx2 fma")
     engine = Engine(device="cpu", dtype="bfloat16")
     with caplog.at_level(logging.WARNING, logger="biogpt.serving"):
@@ -225,7 +226,8 @@ def test_the_attention_cap_is_the_models_positions_and_says_tokens_and_character
     tokenizer = engine.load("bundled", "generate").tokenizer
     text = long_text(5, tokenizer, 1_300)
     assert len(text) < 20_000
-    with pytest.raises(InputError, match=r"tokens \([\d,]+ characters\) and this model reads at most 1,024 tokens, about the first [\d,]+ characters"):
+    with pytest.raises(InputError, match=(r"tokens \([\d,]+ characters\) and this model reads at most 1,024 tokens, "
+                                          r"about the first [\d,]+ characters")):
         engine.analyze(text)
     with pytest.raises(InputError, match=r"25,000 characters; bundled reads at most 1,024 tokens \(about 5,120 characters"):
         engine.analyze("a" * 25_000)

@@ -36,8 +36,10 @@ def tokenizer():
 
 NER_DOCS = [
     ("1", "Naloxone reverses the antihypertensive effect of clonidine.", [(0, 8, "Chemical"), (49, 58, "Chemical")]),
-    ("2", "Cocaine-induced seizures were treated with diazepam in rats.", [(0, 7, "Chemical"), (16, 24, "Disease"), (43, 51, "Chemical")]),
-    ("3", "Lithium toxicity caused renal failure and hypothyroidism.", [(0, 7, "Chemical"), (24, 37, "Disease"), (42, 56, "Disease")]),
+    ("2", "Cocaine-induced seizures were treated with diazepam in rats.",
+     [(0, 7, "Chemical"), (16, 24, "Disease"), (43, 51, "Chemical")]),
+    ("3", "Lithium toxicity caused renal failure and hypothyroidism.",
+     [(0, 7, "Chemical"), (24, 37, "Disease"), (42, 56, "Disease")]),
     ("4", "Haloperidol induced tardive dyskinesia in two patients.", [(0, 11, "Chemical"), (20, 38, "Disease")]),
     ("5", "Acute renal failure after cisplatin therapy was reversible.", [(0, 19, "Disease"), (26, 35, "Chemical")]),
     ("6", "Heparin-induced thrombocytopenia is a serious complication.", [(0, 7, "Chemical"), (16, 32, "Disease")]),
@@ -83,7 +85,7 @@ MULTI = [("Tumour cells evade apoptosis .", "resisting cell death"),
 
 
 def write_tsv(path, rows, repeat=1):
-    path.write_text("".join(f"{t} {i}\t{l}\n" for i in range(repeat) for t, l in rows))
+    path.write_text("".join(f"{t} {i}\t{label}\n" for i in range(repeat) for t, label in rows))
     return path
 
 
@@ -149,7 +151,8 @@ def test_entity_inside_a_word_takes_the_word(tokenizer):
 def test_invalid_bio_sequences_decode_leniently():
     words = [(0, 1, 0, 3), (1, 2, 4, 7), (2, 3, 8, 11), (3, 4, 12, 15)]
     assert N.tags_to_spans(words, ["I-Disease", "I-Disease", "I-Chemical", "O"]) == [(0, 7, "Disease"), (8, 11, "Chemical")]
-    assert N.tags_to_spans(words, ["B-Disease", "B-Disease", "O", "I-Disease"]) == [(0, 3, "Disease"), (4, 7, "Disease"), (12, 15, "Disease")]
+    assert N.tags_to_spans(words, ["B-Disease", "B-Disease", "O", "I-Disease"]) == [(0, 3, "Disease"), (4, 7, "Disease"),
+                                                                                     (12, 15, "Disease")]
     assert N.tags_to_spans(words, ["LABEL_1", "LABEL_1", "O", "LABEL_2"]) == [(0, 7, "LABEL_1"), (12, 15, "LABEL_2")]
 
 
@@ -229,7 +232,8 @@ def test_gold_tags_through_windows_decode_to_gold_spans(tokenizer, doubled, labe
     model = OracleTagger(rows, 5)
     probs, loss = N.ner_piece_probabilities(model, docs, settings, tokenizer.eos_token_id, tokenizer.pad_token_id, batch_size=5)
     id2label = {v: k for k, v in label2id.items()}
-    predicted = [[(e["start"], e["end"], e["type"]) for e in N.decode_entities(d, p, id2label, label_token)] for d, p in zip(docs, probs)]
+    predicted = [[(e["start"], e["end"], e["type"]) for e in N.decode_entities(d, p, id2label, label_token)]
+                 for d, p in zip(docs, probs)]
     scores = N.span_scores([e for _, _, e in NER_DOCS], predicted)
     assert scores["micro"]["f1"] == 1.0
 
@@ -277,11 +281,15 @@ def test_training_rows_that_occur_in_test_are_dropped(tmp_path):
 
 def test_bad_ner_data_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
-    good = json.dumps({"pmid": "1", "text": "Aspirin.", "entities": [{"start": 0, "end": 7, "type": "Chemical", "mention": "Aspirin"}]})
-    path.write_text(good + "\n" + json.dumps({"pmid": "2", "text": "Short.", "entities": [{"start": 2, "end": 40, "type": "Chemical"}]}) + "\n")
+    good = json.dumps({"pmid": "1", "text": "Aspirin.",
+                       "entities": [{"start": 0, "end": 7, "type": "Chemical", "mention": "Aspirin"}]})
+    path.write_text(good + "\n" + json.dumps({"pmid": "2", "text": "Short.",
+                                              "entities": [{"start": 2, "end": 40, "type": "Chemical"}]}) + "\n")
     with pytest.raises(T.DataError, match=r"bad.jsonl, line 2: entity span \[2, 40\) is out of range"):
         T.read_ner_documents(path)
-    path.write_text(good + "\n" + json.dumps({"pmid": "2", "text": "Aspirin.", "entities": [{"start": 0, "end": 7, "type": "Chemical", "mention": "Asprin"}]}) + "\n")
+    path.write_text(good + "\n" + json.dumps({"pmid": "2", "text": "Aspirin.",
+                                              "entities": [{"start": 0, "end": 7, "type": "Chemical", "mention": "Asprin"}]})
+                    + "\n")
     with pytest.raises(T.DataError, match=r"line 2: entity \[0, 7\) reads 'Aspirin' in the text, not 'Asprin'"):
         T.read_ner_documents(path)
     with pytest.raises(T.DataError, match=r"line 1: unknown entity type 'Chemical'"):
@@ -296,7 +304,8 @@ def test_bad_ner_data_names_file_and_line(tmp_path):
 
 def test_bad_pubtator_names_line(tmp_path):
     path = tmp_path / "bad.PubTator.txt"
-    path.write_text("1|t|Aspirin helps.\n1|a|It reduces pain.\n1\t0\t7\tAspirin\tChemical\tD001241\n1\t20\t99\tpain\tDisease\tD010146\n")
+    path.write_text("1|t|Aspirin helps.\n1|a|It reduces pain.\n"
+                    "1\t0\t7\tAspirin\tChemical\tD001241\n1\t20\t99\tpain\tDisease\tD010146\n")
     with pytest.raises(T.DataError, match=r"line 4: entity span \[20, 99\) is out of range"):
         T.read_ner_documents(path)
     path.write_text("1|t|Aspirin helps.\n1|a|It reduces pain.\n1\t0\t7\tAspirin\tChemical\tD001241\n1\tCID\tD001241\tD010146\n")
@@ -344,7 +353,8 @@ def test_empty_combined_with_a_label_is_an_error(tmp_path, capsys):
 def test_cli_exit_status_and_message_for_an_empty_file(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    result = subprocess.run([sys.executable, "-m", "biogpt.train", "lm", "--train", str(empty), "--out", str(tmp_path / "o"), *TINY],
+    result = subprocess.run([sys.executable, "-m", "biogpt.train", "lm", "--train", str(empty),
+                             "--out", str(tmp_path / "o"), *TINY],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"error: {empty}: the file is empty" in result.stderr
@@ -372,7 +382,8 @@ def test_lm_end_to_end(tmp_path, lm_files, tokenizer):
     T.main(["lm", "--train", str(jsonl), str(txt), "--test", str(test), "--out", str(out), "--block-size", "32",
             "--batch-size", "4", "--max-steps", "4", "--eval-every", "2", "--lr", "3e-3", *TINY])
     assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "merges.txt", "metrics.json",
-                                                      "model.safetensors", "tokenizer_config.json", "train_log.jsonl", "vocab.json"]
+                                                      "model.safetensors", "tokenizer_config.json", "train_log.jsonl",
+                                                      "vocab.json"]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 4 and metrics["test"]["tokens"] > 0
     assert metrics["heldout_perplexity"] == metrics["valid"]["perplexity"] < 42384
