@@ -8,6 +8,7 @@ One module per concern:
   labels         readable token strings (BPE pieces, the vocabulary, an analysed text)
   lens           the logit lens and the watch list (the model's weights, no new forward)
   probes         head ablation and the generation trace (new forwards, through generation's run)
+  roles          head roles (previous-token, induction, duplicate, sink, locality) on a probe of its own
   cache          `AnalysisCache` (a byte-bounded biogpt.lru.BuildOnceLRU) and the `Interpreter`
                  the engine delegates to
 
@@ -35,6 +36,7 @@ from .cache import DEFAULT_CACHE_BYTES, AnalysisCache, Interpreter, release_free
 from .hidden_states import hidden_norms, pca_trajectories
 from .labels import CONTINUES, input_labels, piece_label, vocab_labels
 from .lens import LENS_K, LogitLens, WatchList, lens_column, lens_project, logit_lens, watch_ranks, word_token
+from .roles import ROLES, HeadRoles, head_roles, role_scores
 from .probes import (
     Ablation,
     GenerationTrace,
@@ -54,4 +56,6 @@ __all__ = [
     "logit_lens", "mean_over", "nbytes", "owned", "parse_heads", "pca_trajectories", "piece_label", "release_free_memory",
     "rollout", "threshold", "token_links", "too_long_message", "trace_generation", "vocab_labels", "watch_ranks",
     "window", "word_token",
+    # head roles (issue 16)
+    "ROLES", "HeadRoles", "head_roles", "role_scores",
 ]
