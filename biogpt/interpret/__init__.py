@@ -9,6 +9,7 @@ One module per concern:
   lens           the logit lens and the watch list (the model's weights, no new forward)
   probes         head ablation and the generation trace (new forwards, through generation's run)
   roles          head roles (previous-token, induction, duplicate, sink, locality) on a probe of its own
+  compare        two analyses side by side: token alignment and the differences where defined
   cache          `AnalysisCache` (a byte-bounded biogpt.lru.BuildOnceLRU) and the `Interpreter`
                  the engine delegates to
 
@@ -37,6 +38,7 @@ from .hidden_states import hidden_norms, pca_trajectories
 from .labels import CONTINUES, input_labels, piece_label, vocab_labels
 from .lens import LENS_K, LogitLens, WatchList, lens_column, lens_project, logit_lens, watch_ranks, word_token
 from .roles import ROLES, HeadRoles, head_roles, role_scores
+from .compare import AlignedDifference, Comparison, LensDifference, TokenAlignment, compare, token_alignment
 from .probes import (
     Ablation,
     GenerationTrace,
@@ -58,4 +60,6 @@ __all__ = [
     "window", "word_token",
     # head roles (issue 16)
     "ROLES", "HeadRoles", "head_roles", "role_scores",
+    # side by side (issue 16)
+    "AlignedDifference", "Comparison", "LensDifference", "TokenAlignment", "compare", "token_alignment",
 ]

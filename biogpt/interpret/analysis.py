@@ -234,8 +234,12 @@ class Analysis:
         raise ValueError(f"{shown} is not a token of this text; type a word from it or a token number.")
 
 
-def analyze(model, tokenizer, text: str, model_id: str = "", top_k: int = TOP_K) -> Analysis:
-    """One forward with attentions and hidden states, kept as numpy (float16 for the big arrays)."""
+def analyze(
+    model, tokenizer, text: str, model_id: str = "", top_k: int = TOP_K, head_mask: torch.Tensor | None = None
+) -> Analysis:
+    """One forward with attentions and hidden states, kept as numpy (float16 for the big arrays).
+
+    `head_mask` ([layers, heads], 0 = switched off) analyses the text with those heads ablated."""
     started = time.perf_counter()
     encoding = tokenizer(text, return_offsets_mapping=True)
     ids = list(encoding["input_ids"])
@@ -245,7 +249,7 @@ def analyze(model, tokenizer, text: str, model_id: str = "", top_k: int = TOP_K)
         raise ValueError(too_long_message(text, len(ids), limit))
     input_ids = torch.tensor([ids], device=model.device)
     with torch.inference_mode():
-        out = model(input_ids, output_attentions=True, output_hidden_states=True, use_cache=False)
+        out = model(input_ids, output_attentions=True, output_hidden_states=True, use_cache=False, head_mask=head_mask)
         length = len(ids)
         layers, heads = len(out.attentions), out.attentions[0].shape[1]
         attentions = np.empty((layers, heads, length, length), np.float16)

@@ -12,8 +12,10 @@ from ..hub import BUNDLED_NAMES, resolve_model_dir
 from ..lru import BuildOnceLRU
 from .analysis import Analysis, analyze
 from .attention import AGGREGATES, STATISTICS
+from .compare import Comparison, compare
 from .lens import LENS_K, LogitLens, WatchList, logit_lens, watch_ranks
-from .probes import Ablation, GenerationTrace, ablate, trace_generation
+from .probes import Ablation, GenerationTrace, ablate, head_mask_for, trace_generation
+from .roles import HeadRoles, head_roles
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
@@ -132,3 +134,50 @@ class Interpreter:
         trace = analysis.memo(("trace", int(max_new_tokens)), compute, keep=2)
         self.cache.trim()
         return trace
+
+    # ----- head roles and side by side (issue 16) -------------------------------------------------
+    # Both live in the one analysis cache: head roles under (model id, "head roles"), an ablated
+    # analysis under (model id, text, heads off); plain analyses keep their (model id, text) keys.
+
+    def head_roles(self, model_id: str | None = None) -> HeadRoles:
+        """Every head's role scores on the model's own probe (one batched forward), once per model."""
+        model_id = model_id or self.default_model
+
+        def compute() -> HeadRoles:
+            model, _ = self._model(model_id)
+            return head_roles(model, model_id)
+
+        return self.cache.get_or_build((model_id, "head roles"), compute)
+
+    def analyze_ablated(self, text: str, heads: Sequence[tuple[int, int]], model_id: str | None = None) -> Analysis:
+        """The analysis of `text` with `heads` switched off (their attention reads zero), cached."""
+        model_id = model_id or self.default_model
+        heads = tuple(sorted({(int(layer), int(h)) for layer, h in heads}))
+
+        def compute() -> Analysis:
+            model, tokenizer = self._model(model_id)
+            layers, heads_per_layer = model.config.num_hidden_layers, model.config.num_attention_heads
+            if not heads or not all(0 <= layer < layers and 0 <= h < heads_per_layer for layer, h in heads):
+                raise ValueError(f"Name heads to switch off among this model's {layers} layers x {heads_per_layer} heads.")
+            mask = head_mask_for(heads, layers, heads_per_layer).to(device=model.device, dtype=model.dtype)
+            try:
+                return analyze(model, tokenizer, text, model_id=model_id, head_mask=mask)
+            finally:
+                release_free_memory()
+
+        return self.cache.get_or_build((model_id, text, ("heads off", heads)), compute)
+
+    def compare_texts(self, text: str, other_text: str, model_id: str | None = None) -> Comparison:
+        return compare("texts", self.analyze(text, model_id), self.analyze(other_text, model_id), ("Text A", "Text B"))
+
+    def compare_models(self, text: str, model_id: str | None, other_model_id: str) -> Comparison:
+        model_id = model_id or self.default_model
+        first = self.analyze(text, model_id)
+        # Held while the second runs: the cache may drop the first to make room, and this comparison needs both.
+        return compare("models", first, self.analyze(text, other_model_id), (model_id, other_model_id))
+
+    def compare_ablation(self, text: str, heads: Sequence[tuple[int, int]], model_id: str | None = None) -> Comparison:
+        whole = self.analyze(text, model_id)
+        ablated = self.analyze_ablated(text, heads, model_id)
+        shown = ", ".join(f"{layer + 1}.{head + 1}" for layer, head in sorted(set(heads)))
+        return compare("ablation", whole, ablated, ("Every head", f"Heads {shown} off"))
