@@ -11,6 +11,14 @@ and one preallocated id buffer per request, a prefill that projects only the las
 decode step that feeds one token and builds no mask when nothing is padded, and no per-step
 bookkeeping that the request did not ask for.
 
+A branch: `forced_token_ids=[...]` (any entry point but beam search, which refuses it) emits
+those tokens as the first new tokens, then decodes on with the same settings. Forced steps run
+the model and the processors like any other (their probabilities are reported, each result says
+which tokens were forced) and the sampler draws and discards at each of them (SAMPLER_RULE), so
+forcing a run's own tokens with its seed reproduces it bit for bit, and a branch (a run's first
+tokens, then another) is reproducible from its seed and forced tokens alone. Through a
+DecodeBatcher too: forcing happens where tokens are chosen (SamplingRun.choose).
+
 Three entry points:
   generate(model, input_ids, ...)            -> ids, like transformers
   generate_detailed(model, tokenizer, ...)   -> one GeneratedSequence per output (text, per-token
@@ -58,6 +66,7 @@ from .run import DecodingStopped, SamplingRun, Step, decode_one, greedy_screen, 
 from .settings import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_TOP_K,
+    SAMPLER_RULE,
     FinishReason,
     GenerationSettings,
     resolve_settings,
@@ -68,6 +77,7 @@ __all__ = [
     "DecodingStopped",
     "GeneratedSequence",
     "GenerationSettings",
+    "SAMPLER_RULE",
     "StreamEvent",
     "TokenChoice",
     "generate",

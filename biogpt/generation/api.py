@@ -162,6 +162,7 @@ def _sampled_sequences(tokenizer, run: SamplingRun, steps: Iterator[Step]) -> li
             alternatives=[token_texts.choices(v, i) for v, i in tops[row]],
             finish_reason=run.reasons[row] or "length",
             prompt_index=row // run.settings.num_return_sequences,
+            forced_tokens=min(len(run.settings.forced_token_ids), count),
         ))
     return results
 
@@ -224,6 +225,7 @@ def _stream_events(model, tokenizer, ids, mask, settings, k, batcher, should_sto
                 logprob=step.logprobs[0],
                 alternatives=token_texts.choices(step.top[0][0], step.top[1][0]),
                 finish_reason=reason,
+                forced=step.forced,
             )
             if reason is not None:
                 return

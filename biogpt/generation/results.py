@@ -27,6 +27,7 @@ class GeneratedSequence:
     finish_reason: FinishReason
     prompt_index: int = 0  # which prompt of the batch this continues
     beam_score: float | None = None  # beam search only: transformers' `sequences_scores`
+    forced_tokens: int = 0  # the first this many of token_ids were forced (forced_token_ids), not chosen
 
 
 @dataclass
@@ -40,3 +41,4 @@ class StreamEvent:
     logprob: float
     alternatives: list[TokenChoice]
     finish_reason: FinishReason | None = None  # set on the last event only
+    forced: bool = False  # this token was forced (forced_token_ids), not chosen

@@ -90,6 +90,7 @@ class Step:
     # Each row's decoded continuation after this step, when the run tracks text: a snapshot, so
     # a reader on another thread never sees a later step's text (a batcher runs ahead).
     texts: list[str] | None = None
+    forced: bool = False  # the tokens were forced (settings.forced_token_ids), not chosen
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +227,10 @@ class SamplingRun:
         hidden] with a screen) and record why rows finished."""
         s = self.settings
         step, length = self.steps_done, self.prompt_length + self.steps_done
-        tokens, scores = self._pick(logits, length)
+        forced = step < len(s.forced_token_ids)
+        tokens, scores = self._pick(logits, length, forced)
+        if forced:  # emitted as given; the sampler's draw (if any) is spent and discarded: SAMPLER_RULE
+            tokens = torch.full_like(tokens, s.forced_token_ids[step])
         if self.any_finished:  # finished rows go on with padding, as in transformers
             tokens = torch.where(self.unfinished, tokens, s.pad_token_id)
         self.sequences[:, length] = tokens
@@ -238,7 +242,7 @@ class SamplingRun:
                     self.reasons[row] = finished[row] = "length"
         self.done = self.steps_done == s.max_new_tokens or (self.any_finished and not bool(self.unfinished.any()))
         result = Step(step, tokens, scores, finished, last=self.done,
-                      texts=None if self.texts is None else [t.text for t in self.texts])
+                      texts=None if self.texts is None else [t.text for t in self.texts], forced=forced)
         if self.report and scores is not None:
             log_probs = F.log_softmax(scores, dim=-1)
             result.logprobs = log_probs.gather(1, tokens[:, None]).squeeze(1).tolist()
@@ -246,9 +250,13 @@ class SamplingRun:
             result.top = (top_values.tolist(), top_ids.tolist())
         return result
 
-    def _pick(self, logits: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(tokens, the processed scores they were drawn from; None with a screen)."""
+    def _pick(self, logits: torch.Tensor, length: int, forced: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(tokens, the processed scores they were drawn from; None with a screen). A `forced`
+        step still computes the scores (their probabilities are reported) and still draws, so the
+        generator's state afterwards is the one an unforced run of the same tokens has."""
         if self.screen is not None:
+            if forced:  # greedy with a screen reports nothing: no need to project
+                return torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device), None
             return self.screen(logits), None  # the final hidden states: the screen projects what it needs
         scores = apply_processors(self.processors, self.sequences[:, :length], logits.float())
         if self.generator is not None:

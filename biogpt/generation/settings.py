@@ -18,6 +18,14 @@ UNSET: Any = object()  # tells "not passed" from an explicit None (eos_token_id=
 DEFAULT_MAX_NEW_TOKENS = 20
 DEFAULT_TOP_K = 50
 
+# What the sampler does at and after forced tokens (forced_token_ids), stated once for results and docs.
+SAMPLER_RULE = (
+    "Forced tokens are emitted first, never sampled; the sampler still draws at every forced step and "
+    "discards the draw, so after the last forced token it continues from the same random state as the run "
+    "the tokens came from (same seed): forcing a run's own tokens reproduces it, and a branch is "
+    "reproducible from its seed, its forced tokens and its settings alone."
+)
+
 
 @dataclass
 class GenerationSettings:
@@ -39,13 +47,16 @@ class GenerationSettings:
     pad_token_id: int = 1
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Emitted as the first new tokens of every row before decoding continues (a branch); counted
+    # in max_new_tokens. See SAMPLER_RULE for what the sampler does meanwhile.
+    forced_token_ids: list[int] = field(default_factory=list)
 
 
 KNOWN_KEYS = {
     "max_new_tokens", "max_length", "min_new_tokens", "min_length", "do_sample", "temperature", "top_k",
     "top_p", "typical_p", "repetition_penalty", "no_repeat_ngram_size", "bad_words_ids", "num_beams",
     "length_penalty", "early_stopping", "num_return_sequences", "eos_token_id", "pad_token_id", "stop",
-    "seed", "use_cache",
+    "seed", "use_cache", "forced_token_ids",
 }
 
 Get = Callable[[str], Any]
@@ -78,11 +89,12 @@ def resolve_settings(config, prompt_length: int, **kwargs: Any) -> GenerationSet
     seed = get("seed")
     if seed is not None and (isinstance(seed, bool) or int(seed) != seed):
         raise ValueError(f"seed must be a whole number, got {seed!r}.")
+    forced = _forced_tokens(config, get("forced_token_ids"), max_new, num_beams, eos_ids)
     return GenerationSettings(
         max_new_tokens=max_new, min_new_tokens=min_new, **sampling, no_repeat_ngram_size=int(ngram),
         bad_words_ids=bad_words, num_beams=num_beams, length_penalty=length_penalty,
         early_stopping=early_stopping, num_return_sequences=num_return, eos_token_ids=eos_ids,
-        pad_token_id=int(pad), stop=stop, seed=None if seed is None else int(seed),
+        pad_token_id=int(pad), stop=stop, seed=None if seed is None else int(seed), forced_token_ids=forced,
     )
 
 
@@ -220,6 +232,35 @@ def _bad_words(config, bad_words) -> list[list[int]] | None:
             f"bad_words_ids holds ids outside this model's vocabulary of {config.vocab_size}: {out_of_range}."
         )
     return bad_words
+
+
+def _forced_tokens(config, forced, max_new: int, num_beams: int, eos_ids: list[int]) -> list[int]:
+    """forced_token_ids checked: whole ids in the vocabulary, at most max_new_tokens of them, an
+    end-of-sequence token only last, and no beam search (it would have to force every beam)."""
+    if forced is None or (isinstance(forced, (list, tuple)) and not forced):
+        return []
+    if isinstance(forced, (str, bytes)) or not isinstance(forced, (list, tuple)) or any(
+        isinstance(t, bool) or not isinstance(t, int) for t in forced
+    ):
+        raise ValueError("forced_token_ids must be a list of whole token ids, e.g. [1901, 7, 42].")
+    out_of_range = sorted({t for t in forced if not 0 <= t < config.vocab_size})
+    if out_of_range:
+        raise ValueError(
+            f"forced_token_ids holds ids outside this model's vocabulary of {config.vocab_size}: {out_of_range[:10]}."
+        )
+    if len(forced) > max_new:
+        raise ValueError(
+            f"{len(forced)} forced tokens do not fit in max_new_tokens={max_new}, which counts them; "
+            f"force at most {max_new} or raise max_new_tokens."
+        )
+    if any(t in eos_ids for t in forced[:-1]):
+        raise ValueError("An end-of-sequence token can only be the last forced token: the sequence ends there.")
+    if num_beams > 1:
+        raise ValueError(
+            "Beam search cannot continue from forced tokens (it keeps and reranks several sequences); "
+            "branch from greedy or sampling instead."
+        )
+    return [int(t) for t in forced]
 
 
 def _stop_strings(stop) -> list[str]:

@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 
 from . import generating, scoring, tagging
 from .registry import ModelRegistry, ProgressCallback
-from .requests import GenerationRequest
+from .requests import ForcedPrefix, GenerationRequest
 from .results import AnswerResult, ClassificationResult, GenerationResult, NerResult
 from .validation import CHARS_PER_TOKEN, InputError, Limits, clean_text, resolve_seed
 
@@ -40,7 +40,8 @@ class Engine(ModelRegistry):
     # ----- generate -------------------------------------------------------------------------
 
     def generate(self, request: GenerationRequest, progress: ProgressCallback | None = None,
-                 should_stop: Callable[[], bool] | None = None) -> Iterator[GenerationResult]:
+                 should_stop: Callable[[], bool] | None = None,
+                 forced: ForcedPrefix | None = None) -> Iterator[GenerationResult]:
         """Yield the growing result token by token (one sequence, greedy or sampling), or once
         at the end (several sequences or beam search, which cannot show partial text).
 
@@ -49,6 +50,10 @@ class Engine(ModelRegistry):
         each gets exactly what it would get alone. Beam searches run on their own, a few at a time.
         `should_stop` (e.g. "the visitor's connection closed") is asked before every model call and
         while waiting for a turn; when it says yes, biogpt.generation.DecodingStopped is raised.
+
+        `forced` makes a branch: its tokens are the first new ones (same seed and settings as the
+        run they come from: forcing a run's own tokens reproduces it). The result's settings then
+        hold `forced_token_ids` and the `sampler_rule`, enough to reproduce the branch alone.
         """
         prompt = clean_text(request.prompt, "prompt", self.limits.max_prompt_chars)
         kwargs = request.decoding_kwargs(self.limits)
@@ -58,8 +63,17 @@ class Engine(ModelRegistry):
         loaded = self.load(request.model, "generate", progress)
         ids = loaded.tokenizer.encode(prompt)
         generating.check_room(loaded, len(ids), kwargs["max_new_tokens"])
+        if forced is not None:
+            forced_ids = forced.resolve(loaded.tokenizer, loaded.model.config.vocab_size, kwargs["max_new_tokens"],
+                                        request.mode, self.limits)
+            if forced_ids:
+                kwargs["forced_token_ids"] = forced_ids
         settings = {"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "mode": request.mode,
                     **{k: v for k, v in kwargs.items() if k != "do_sample"}, "seed": seed}
+        if "forced_token_ids" in kwargs:
+            from ..generation import SAMPLER_RULE
+
+            settings["sampler_rule"] = SAMPLER_RULE
         return generating.results(loaded, prompt, ids, kwargs, settings, self.beam_turns, should_stop)
 
     # ----- scoring with the language model ----------------------------------------------------

@@ -68,3 +68,40 @@ class GenerationRequest:
         if stops:
             kwargs["stop"] = [without_surrogates(s) for s in stops]
         return kwargs
+
+
+@dataclass
+class ForcedPrefix:
+    """A branch: new tokens to emit first, as token ids and/or the text of a chosen prefix (its
+    tokens follow the ids), before decoding continues with the request's settings. Passed as
+    `Engine.generate(request, forced=...)`; see biogpt.generation.SAMPLER_RULE for the sampler."""
+
+    token_ids: list[int] = field(default_factory=list)
+    text: str = ""
+
+    def resolve(self, tokenizer, vocab_size: int, max_new_tokens: int, mode: str, limits: Limits) -> list[int]:
+        """The forced token ids, checked (one sentence per problem): whole ids in the vocabulary,
+        the text's tokens after them, no more than the request's new tokens, not with beam search."""
+        ids = list(self.token_ids or [])
+        if any(isinstance(t, bool) or not isinstance(t, int) for t in ids):
+            raise InputError("The forced token ids must be whole numbers, e.g. [1901, 7, 42].")
+        outside = sorted({t for t in ids if not 0 <= t < vocab_size})
+        if outside:
+            raise InputError(f"Forced token ids must be in this model's vocabulary (0 to {vocab_size - 1}); "
+                             f"these are not: {outside[:10]}.")
+        if self.text:
+            if not isinstance(self.text, str):
+                raise InputError(f"The forced prefix text must be text, not {type(self.text).__name__}.")
+            text = without_surrogates(self.text)
+            if len(text) > limits.max_prompt_chars:
+                raise InputError(f"The forced prefix text has {len(text):,} characters; "
+                                 f"the limit here is {limits.max_prompt_chars:,}.")
+            ids += list(tokenizer.encode(text, add_special_tokens=False))
+        if not ids:
+            return []
+        if mode == "beam search":
+            raise InputError("Beam search cannot continue from forced tokens; branch from greedy or sampling instead.")
+        if len(ids) > max_new_tokens:
+            raise InputError(f"The forced prefix has {len(ids):,} tokens but Max new tokens is {max_new_tokens:,}, "
+                             "which counts them; raise Max new tokens or force fewer.")
+        return ids
