@@ -10,6 +10,7 @@ One module per concern:
   probes         head ablation and the generation trace (new forwards, through generation's run)
   roles          head roles (previous-token, induction, duplicate, sink, locality) on a probe of its own
   compare        two analyses side by side: token alignment and the differences where defined
+  formula        the attention formula on one real row (q.k/sqrt(d), mask, softmax, weighted values)
   cache          `AnalysisCache` (a byte-bounded biogpt.lru.BuildOnceLRU) and the `Interpreter`
                  the engine delegates to
 
@@ -38,6 +39,7 @@ from .hidden_states import hidden_norms, pca_trajectories
 from .labels import CONTINUES, input_labels, piece_label, vocab_labels
 from .lens import LENS_K, LogitLens, WatchList, lens_column, lens_project, logit_lens, watch_ranks, word_token
 from .roles import ROLES, HeadRoles, head_roles, role_scores
+from .formula import AttentionRow, attention_row
 from .compare import AlignedDifference, Comparison, LensDifference, TokenAlignment, compare, token_alignment
 from .probes import (
     Ablation,
@@ -62,4 +64,5 @@ __all__ = [
     "ROLES", "HeadRoles", "head_roles", "role_scores",
     # side by side (issue 16)
     "AlignedDifference", "Comparison", "LensDifference", "TokenAlignment", "compare", "token_alignment",
+    "AttentionRow", "attention_row",
 ]

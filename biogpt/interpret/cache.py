@@ -13,6 +13,7 @@ from ..lru import BuildOnceLRU
 from .analysis import Analysis, analyze
 from .attention import AGGREGATES, STATISTICS
 from .compare import Comparison, compare
+from .formula import AttentionRow, attention_row
 from .lens import LENS_K, LogitLens, WatchList, logit_lens, watch_ranks
 from .probes import Ablation, GenerationTrace, ablate, head_mask_for, trace_generation
 from .roles import HeadRoles, head_roles
@@ -181,3 +182,14 @@ class Interpreter:
         ablated = self.analyze_ablated(text, heads, model_id)
         shown = ", ".join(f"{layer + 1}.{head + 1}" for layer, head in sorted(set(heads)))
         return compare("ablation", whole, ablated, ("Every head", f"Heads {shown} off"))
+
+    def attention_row(self, analysis: Analysis, layer: int, head: int, position: int) -> AttentionRow:
+        """The attention formula on one real row, from the model's weights (memoised on the analysis)."""
+
+        def compute() -> AttentionRow:
+            model, _ = self._model(analysis.model_id)
+            return attention_row(model, analysis, int(layer), int(head), int(position))
+
+        row = analysis.memo(("formula", int(layer), int(head), int(position)), compute, keep=4)
+        self.cache.trim()
+        return row

@@ -166,5 +166,47 @@ class Engine(ModelRegistry):
     def trace_generation(self, analysis, max_new_tokens: int = 20):
         return self.interpreter.trace_generation(analysis, max_new_tokens)
 
+    # ----- attention: head roles, side by side, the formula (issue 16) ------------------------------
+
+    def head_roles(self, model: str | None = None):
+        """Every head's role scores (`interpret.HeadRoles`) on the model's own probe, once per model."""
+        model = model or self.default_choice("generate")
+        self.load(model, "generate")  # an unknown or forbidden model is refused with its sentence
+        return self.interpreter.head_roles(model)
+
+    def compare(self, text: str, other_text: str = "", model: str | None = None, other_model: str = "",
+                heads_off: str = ""):
+        """Two analyses side by side (`interpret.Comparison`): `text` against `other_text` on one model,
+        on `model` against `other_model`, or with and without the heads of `heads_off` ("3.5, 4.*",
+        1-based). Exactly one of the three is given; each side is cached like any analysis."""
+        other_text, other_model, heads_off = (value.strip() if isinstance(value, str) else value
+                                              for value in (other_text, other_model, heads_off))
+        given = [name for name, value in (("a second text", other_text), ("a second model", other_model),
+                                          ("heads to switch off", heads_off)) if value]
+        if not given:
+            raise InputError("Give a second text, a second model or heads to switch off to compare with.")
+        if len(given) > 1:
+            raise InputError(f"Compare one thing at a time: {' and '.join(given)} were both given.")
+        model = model or self.default_choice("generate")
+        first = self.analyze(text, model)  # checks the text and caches the first side
+        if other_text:
+            return self.interpreter.compare_texts(first.text, self.analyze(other_text, model).text, model)
+        if other_model:
+            return self.interpreter.compare_models(first.text, model, self.analyze(first.text, other_model).model_id)
+        try:
+            heads = first.parse_heads(heads_off)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+        if not heads:
+            raise InputError("Name at least one head to switch off, as layer.head (e.g. 3.5 or 4.*).")
+        return self.interpreter.compare_ablation(first.text, heads, model)
+
+    def attention_row(self, analysis, layer: int, head: int, position: int):
+        """The attention formula on one real row (`interpret.AttentionRow`); 0-based layer and head."""
+        try:
+            return self.interpreter.attention_row(analysis, layer, head, position)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+
 
 __all__ = ["Engine"]
