@@ -4,6 +4,8 @@ sequence-classification model. Span reading itself lives in biogpt.ner, shared w
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -21,15 +23,25 @@ def ner(loaded: LoadedModel, text: str, aggregation: str, limits: Limits) -> Ner
     word_probabilities); "auto" uses the piece the model was trained to tag (config.json says
     which). Words are Moses words and spans are character offsets, via the tokenizer's offsets.
     """
-    from ..ner import NerEncoded, NerSettings, decode_entities, ner_piece_probabilities, split_words
+    return ner_compute(loaded, [ner_prepare(loaded, text, limits)], aggregation)[0]
 
-    require_trained_head(loaded, "NER", "bundled-ner")
-    id2label = loaded.model.config.id2label or {}
-    types = sorted({label.split("-", 1)[1] for label in id2label.values() if label[:2] in ("B-", "I-")})
-    if not types:
-        raise InputError(f"{loaded.name}'s labels ({', '.join(list(id2label.values())[:5])}) are not BIO tags, "
-                         "so spans cannot be read from them.")
+
+@dataclass
+class NerPrepared:
+    """One document tokenized and checked, ready for the model (see ner_prepare)."""
+
+    text: str
+    document: Any  # biogpt.ner.NerEncoded
+    seconds: float  # time tokenizing took
+
+
+def ner_prepare(loaded: LoadedModel, text: str, limits: Limits) -> NerPrepared:
+    """Tokenize and check one document: the CPU-only half of `ner`, which a batch job runs in a
+    thread while the model computes the previous batch."""
+    from ..ner import NerEncoded, split_words
+
     started = time.perf_counter()
+    _entity_types(loaded)
     pieces, spans = loaded.tokenizer.tokenize_with_offsets(text)
     keep = [i for i, (s, e) in enumerate(spans) if e > s]  # literal special tokens carry no text
     pieces, spans = [pieces[i] for i in keep], [spans[i] for i in keep]
@@ -39,19 +51,49 @@ def ner(loaded: LoadedModel, text: str, aggregation: str, limits: Limits) -> Ner
         raise InputError(
             f"The text has {len(pieces):,} tokens; the limit here is {limits.max_document_tokens:,}. Shorten it."
         )
+    document = NerEncoded(list(loaded.tokenizer.convert_tokens_to_ids(pieces)), split_words(pieces, spans))
+    return NerPrepared(text, document, time.perf_counter() - started)
+
+
+def ner_compute(loaded: LoadedModel, prepared: list[NerPrepared], aggregation: str,
+                batch_rows: int = 8) -> list[NerResult]:
+    """The model half of `ner`, for many documents at once: their windows are sorted by length and
+    run `batch_rows` at a time, right-padded (biogpt.ner.ner_piece_probabilities; a causal model's
+    real tokens never see the padding after them, and their positions are 0..n-1 as alone)."""
+    from ..ner import NerSettings, decode_entities, ner_piece_probabilities
+
+    types = _entity_types(loaded)
+    id2label = loaded.model.config.id2label or {}
+    started = time.perf_counter()
     settings = NerSettings.from_config(loaded.model.config)
     strategy = settings.label_token if aggregation == "auto" else aggregation
-    document = NerEncoded(list(loaded.tokenizer.convert_tokens_to_ids(pieces)), split_words(pieces, spans))
     tokenizer = loaded.tokenizer
-    probabilities, _ = ner_piece_probabilities(loaded.model, [document], settings, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    entities = [Entity(e["start"], e["end"], e["type"], text[e["start"]:e["end"]], e["score"])
-                for e in decode_entities(document, probabilities[0], id2label, strategy)]
-    return NerResult(
-        text=text, entities=entities, entity_types=types, aggregation=strategy, model=loaded.describe(),
-        settings={"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "aggregation": strategy,
-                  "input": "doubled" if settings.doubled else "single", "window": settings.window},
-        num_tokens=len(pieces), elapsed=time.perf_counter() - started,
-    )
+    probabilities, _ = ner_piece_probabilities(loaded.model, [p.document for p in prepared], settings,
+                                               tokenizer.eos_token_id, tokenizer.pad_token_id, batch_rows)
+    share = (time.perf_counter() - started) / len(prepared)  # a batch's time, shared evenly
+    results = []
+    for one, probs in zip(prepared, probabilities):
+        text = one.text
+        entities = [Entity(e["start"], e["end"], e["type"], text[e["start"]:e["end"]], e["score"])
+                    for e in decode_entities(one.document, probs, id2label, strategy)]
+        results.append(NerResult(
+            text=text, entities=entities, entity_types=types, aggregation=strategy, model=loaded.describe(),
+            settings={"model": loaded.name, "device": loaded.device, "dtype": loaded.dtype, "aggregation": strategy,
+                      "input": "doubled" if settings.doubled else "single", "window": settings.window},
+            num_tokens=len(one.document.ids), elapsed=one.seconds + share,
+        ))
+    return results
+
+
+def _entity_types(loaded: LoadedModel) -> list[str]:
+    """The entity types the checkpoint's BIO labels name; refuses an untrained head or non-BIO labels."""
+    require_trained_head(loaded, "NER", "bundled-ner")
+    id2label = loaded.model.config.id2label or {}
+    types = sorted({label.split("-", 1)[1] for label in id2label.values() if label[:2] in ("B-", "I-")})
+    if not types:
+        raise InputError(f"{loaded.name}'s labels ({', '.join(list(id2label.values())[:5])}) are not BIO tags, "
+                         "so spans cannot be read from them.")
+    return types
 
 
 def classify(loaded: LoadedModel, text: str) -> ClassificationResult:

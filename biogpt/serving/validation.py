@@ -52,6 +52,16 @@ class Limits:
     # Generate tab keeps its own slots for streams beside them (see ui/generate_tab.py).
     max_waiting_beam_searches: int = 4
 
+    @classmethod
+    def local(cls) -> Limits:
+        """Caps for a job on one's own machine (the CLI, a notebook): the web's caps keep one visitor
+        from holding a shared server and do not apply; what a model can read still does (NER reads
+        long documents in windows; classification and generation refuse texts over the positions)."""
+        return cls(max_prompt_chars=1_000_000, max_document_chars=10_000_000, max_classify_chars=1_000_000,
+                   max_document_tokens=2_000_000, max_new_tokens=100_000, max_return_sequences=64, max_beams=64,
+                   max_candidate_labels=1_000, max_label_chars=1_000, max_parallel_beam_searches=64,
+                   max_waiting_beam_searches=1_000)
+
 
 _SURROGATES = re.compile("[\ud800-\udfff]")
 
