@@ -1,8 +1,9 @@
 """From a name to a ready model: hub id | local folder | bundled name -> files -> weights.
 
 Only safe formats are read: safetensors (parsed here, one tensor at a time, so converting the
-dtype costs one tensor of extra memory rather than a second copy of the model) and
-`pytorch_model.bin` through `torch.load(weights_only=True)`.
+dtype costs one tensor of extra memory rather than a second copy of the model),
+`pytorch_model.bin` through `torch.load(weights_only=True)`, and a fairseq folder (checkpoint.pt,
+dict.txt, bpecodes) through biogpt.fairseq's allow-listed unpickler.
 """
 
 from __future__ import annotations
@@ -218,6 +219,15 @@ def load_pretrained(
         name_or_path,
         [CONFIG_FILE, SAFETENSORS_FILE, SAFETENSORS_INDEX, "model-*.safetensors", TORCH_FILE, TORCH_INDEX, "pytorch_model-*.bin"],
     )
+    fairseq_state = None
+    if not (folder / CONFIG_FILE).is_file():
+        from .fairseq import is_fairseq_folder, read_fairseq_folder
+
+        if is_fairseq_folder(folder):  # Microsoft's checkpoint.pt + dict.txt + bpecodes, mapped to our names
+            converted = read_fairseq_folder(folder)
+            fairseq_state = converted.state
+            if config is None:
+                config = BioGptConfig.from_dict({**converted.config.to_dict(), **config_overrides})
     if config is None:
         if not (folder / CONFIG_FILE).is_file():
             raise ModelNotAvailableError(f"{shown_name(folder)} has no {CONFIG_FILE}; it is not a BioGPT checkpoint folder.")
@@ -229,7 +239,12 @@ def load_pretrained(
     with uninitialised_parameters():
         model = cls(config)
     expected_shapes = {name: tuple(t.shape) for name, t in model.state_dict().items()}
-    state = read_state_dict(folder, target_dtype, load_device)
+    if fairseq_state is None:
+        state = read_state_dict(folder, target_dtype, load_device)
+    else:
+        state = {name: tensor.to(device=load_device, dtype=target_dtype if tensor.is_floating_point() and target_dtype
+                                 else tensor.dtype) for name, tensor in fairseq_state.items()}
+        del fairseq_state
     state = _match_keys(state, set(expected_shapes), has_base_prefix=hasattr(model, "biogpt"))
 
     wrong = [f"{n} {tuple(t.shape)} (expected {expected_shapes[n]})"

@@ -245,12 +245,34 @@ class BioGptTokenizer:
 
         name = str(name_or_path)
         folder = resolve_model_dir(name, allow_patterns=[VOCAB_FILE, MERGES_FILE, CONFIG_FILE])
+        if not (folder / VOCAB_FILE).is_file():
+            from .fairseq import is_fairseq_folder
+
+            if is_fairseq_folder(folder):
+                return cls._from_fairseq(folder, name, **kwargs)
         config_path = folder / CONFIG_FILE
         config = json.loads(config_path.read_text(encoding="utf-8")) if config_path.is_file() else {}
         for key in ("model_max_length", "padding_side", "truncation_side", "clean_up_tokenization_spaces"):
             if key in config:
                 kwargs.setdefault(key, config[key])
         tokenizer = cls(folder / VOCAB_FILE, folder / MERGES_FILE, **kwargs)
+        tokenizer.name_or_path = name
+        return tokenizer
+
+    @classmethod
+    def _from_fairseq(cls, folder: Path, name: str, **kwargs: Any) -> BioGptTokenizer:
+        """Microsoft's dict.txt + bpecodes (+ the checkpoint, for the symbols its task added), as
+        `biogpt convert` would write them."""
+        import tempfile
+
+        from .fairseq import read_fairseq_folder
+
+        converted = read_fairseq_folder(folder)
+        with tempfile.TemporaryDirectory() as scratch:
+            vocab_path, merges_path = Path(scratch) / VOCAB_FILE, Path(scratch) / MERGES_FILE
+            vocab_path.write_text(json.dumps(converted.vocab, ensure_ascii=False), encoding="utf-8")
+            merges_path.write_text("".join(line + "\n" for line in converted.merges), encoding="utf-8")
+            tokenizer = cls(vocab_path, merges_path, **kwargs)
         tokenizer.name_or_path = name
         return tokenizer
 

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 # Module names under biogpt.cli, in the order `biogpt --help` lists them.
-SUBCOMMANDS: tuple[str, ...] = ("generate", "ner", "classify", "zero_shot", "pubmedqa", "analyze", "train")
+SUBCOMMANDS: tuple[str, ...] = ("generate", "ner", "classify", "zero_shot", "pubmedqa", "analyze", "train", "convert", "evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
