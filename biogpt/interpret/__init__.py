@@ -11,6 +11,8 @@ One module per concern:
   roles          head roles (previous-token, induction, duplicate, sink, locality) on a probe of its own
   compare        two analyses side by side: token alignment and the differences where defined
   formula        the attention formula on one real row (q.k/sqrt(d), mask, softmax, weighted values)
+  attribution    which input tokens drove one next-token choice: gradient x input, integrated
+                 gradients (completeness checked), occlusion; contrastive targets; word scores
   cache          `AnalysisCache` (a byte-bounded biogpt.lru.BuildOnceLRU) and the `Interpreter`
                  the engine delegates to
 
@@ -34,6 +36,8 @@ from .attention import (
     token_links,
     window,
 )
+from .attribution import METHODS as ATTRIBUTION_METHODS
+from .attribution import OCCLUSIONS, Attribution, attribute
 from .cache import DEFAULT_CACHE_BYTES, AnalysisCache, Interpreter, release_free_memory
 from .hidden_states import hidden_norms, pca_trajectories
 from .labels import CONTINUES, input_labels, piece_label, vocab_labels
@@ -53,6 +57,7 @@ from .probes import (
 )
 
 __all__ = [
+    "ATTRIBUTION_METHODS", "OCCLUSIONS", "Attribution", "attribute",
     "AGGREGATES", "CONTINUES", "DEFAULT_CACHE_BYTES", "LENS_K", "STATISTICS", "TOP_K",
     "Ablation", "Analysis", "AnalysisCache", "GenerationTrace", "HeatmapCells", "Interpreter", "LogitLens", "WatchList",
     "ablate", "analyze", "block_max", "causal_mask", "greedy_continuation", "greedy_run", "head_mask_for",

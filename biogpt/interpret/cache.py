@@ -7,14 +7,17 @@ import functools
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ..config import BioGptConfig
 from ..hub import BUNDLED_NAMES, resolve_model_dir
 from ..lru import BuildOnceLRU
 from .analysis import Analysis, analyze
 from .attention import AGGREGATES, STATISTICS
+from .attribution import DEFAULT_MAX_STEPS, DEFAULT_STEPS, Attribution, attribute
 from .compare import Comparison, compare
 from .formula import AttentionRow, attention_row
-from .lens import LENS_K, LogitLens, WatchList, logit_lens, watch_ranks
+from .lens import LENS_K, LogitLens, WatchList, logit_lens, watch_ranks, word_token
 from .probes import Ablation, GenerationTrace, ablate, head_mask_for, trace_generation
 from .roles import HeadRoles, head_roles
 
@@ -193,3 +196,31 @@ class Interpreter:
         row = analysis.memo(("formula", int(layer), int(head), int(position)), compute, keep=4)
         self.cache.trim()
         return row
+
+    # ----- attribution (issue 17) -------------------------------------------------------------
+
+    def attribute(self, analysis: Analysis, position: int, method: str = "integrated_gradients",
+                  target: str | int | None = None, contrast: str | int | None = None, steps: int = DEFAULT_STEPS,
+                  baseline_text: str = "", occlusion: str = "remove", max_steps: int = DEFAULT_MAX_STEPS) -> Attribution:
+        """The token at `position` of the analysed text (or `target`, a word or a token id) explained
+        by the tokens before it (`interpret.attribution`), with the attention rollout of the last
+        token read beside it (after the last layer). A target or contrast word stands for its first
+        token; `baseline_text` (integrated gradients) must have as many tokens as the text.
+        Memoised on the analysis, a few per text."""
+        model, tokenizer = self._model(analysis.model_id)
+        target_id, contrast_id = (None if v is None or v == "" else int(v) if isinstance(v, (int, np.integer))
+                                  else word_token(tokenizer, str(v)) for v in (target, contrast))
+        baseline_ids = tuple(tokenizer.encode(baseline_text)) if baseline_text else None
+        key = ("attribution", int(position), method, target_id, contrast_id, int(steps), baseline_ids, occlusion,
+               int(max_steps))
+
+        def compute() -> Attribution:
+            result = attribute(model, tokenizer, analysis.token_ids.tolist(), position, method, target_id, contrast_id,
+                               steps, baseline_ids, baseline_text or None, occlusion, analysis.tokens, max_steps)
+            rollout = analysis.attention_map(analysis.num_layers - 1, aggregate="rollout")
+            result.rollout = rollout[result.position - 1, :result.position].astype(np.float64)
+            return result
+
+        result = analysis.memo(key, compute, keep=8)
+        self.cache.trim()
+        return result

@@ -201,6 +201,25 @@ class Engine(ModelRegistry):
     def trace_generation(self, analysis, max_new_tokens: int = 20):
         return self.interpreter.trace_generation(analysis, max_new_tokens)
 
+    def attribute(self, text: str, position: int, method: str = "integrated_gradients", target: str | int | None = None,
+                  contrast: str | int | None = None, steps: int = 32, baseline_text: str = "", occlusion: str = "remove",
+                  model: str | None = None):
+        """Which tokens of `text` drove the token at `position` (`interpret.Attribution`: token and
+        word scores, the IG completeness gap, attention rollout beside it). `position` indexes the
+        analysed tokens (0 is the leading </s>; len(tokens) is the token after the text); `target`
+        and `contrast` (a word or an id) ask "why this token (rather than that one)"; a
+        `baseline_text` for integrated gradients must have as many tokens as the text."""
+        analysis = self.analyze(text, model)
+        baseline_text = clean_text(baseline_text, "baseline text", self.limits.max_document_chars, allow_empty=True)
+        for name, word in (("target", target), ("contrast", contrast)):
+            if isinstance(word, str) and len(word) > self.limits.max_label_chars:
+                raise InputError(f"The {name} word may have at most {self.limits.max_label_chars} characters.")
+        try:
+            return self.interpreter.attribute(analysis, position, method, target, contrast, steps, baseline_text.strip(),
+                                              occlusion)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+
     # ----- attention: head roles, side by side, the formula (issue 16) ------------------------------
 
     def head_roles(self, model: str | None = None):

@@ -144,3 +144,27 @@ def test_requests_that_cannot_be_attributed_get_one_sentence(tiny):
             attr.attribute(tiny, tokenizer, ids, 3)
     finally:
         tiny.quantization = None
+
+
+def test_engine_attribute_with_rollout_beside_it_and_its_refusals(bundled_models):
+    from biogpt.serving import Engine, InputError
+
+    engine = Engine(device="cpu", dtype="float32")
+    text = "Aspirin inhibits platelet aggregation in patients with"
+    analysis = engine.analyze(text)
+    position = analysis.length - 1  # the last word, explained by the ones before it
+    result = engine.attribute(text, position, method="gradient_x_input", contrast="heart")
+    assert result.tokens == analysis.tokens[:position] and result.target_id == int(analysis.token_ids[position])
+    assert result.rollout.shape == (position,) and result.rollout.sum() == pytest.approx(1, abs=1e-3)
+    assert result.contrast_id == engine.load("bundled", "generate").tokenizer.encode("heart", add_special_tokens=False)[0]
+    assert engine.attribute(text, position, method="gradient_x_input", contrast="heart") is result  # memoised
+    after = engine.attribute(text, analysis.length, method="occlusion", target="cells")
+    assert len(after.word_scores) == len(after.words) and after.words[1] == "Aspirin"
+    for kwargs, words in [
+        (dict(position=analysis.length + 1), "position must be a token index from 1"),
+        (dict(position=3, steps=10_000), "2 to 256 steps"),
+        (dict(position=3, baseline_text="Heparin"), "tokens and the text"),
+        (dict(position=3, method="lime"), "method must be one of"),
+    ]:
+        with pytest.raises(InputError, match=words):
+            engine.attribute(text, **kwargs)
