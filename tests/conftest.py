@@ -16,7 +16,7 @@ os.environ.setdefault("no_proxy", "127.0.0.1,localhost")
 
 TESTS = Path(__file__).resolve().parent
 # tests/<kind>/test_*.py gets the marker <kind> (registered in pytest.ini): `pytest -m parity`.
-KINDS = ("unit", "parity", "api", "browser", "load")
+KINDS = ("unit", "parity", "api", "browser", "load", "cli")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -72,8 +72,7 @@ def output_format(args: argparse.Namespace, task: Task) -> str:
     fmt = args.output_format
     if fmt is None:
         suffix = args.output.lower().rsplit(".", 1)[-1] if "." in args.output else ""
-        guessed = {"csv": "csv", "xml": "bioc", "pubtator": "pubtator"}.get(suffix, "jsonl")
-        fmt = guessed if guessed in task.output_formats else "jsonl"
+        fmt = {"csv": "csv", "xml": "bioc", "pubtator": "pubtator"}.get(suffix, "jsonl")
     if fmt not in task.output_formats:
         raise JobError(f"biogpt {task.name} writes {', '.join(task.output_formats)}, not {fmt}"
                        + (" (PubTator and BioC hold entities: NER only)." if fmt in NER_ONLY else "."))
@@ -143,14 +142,18 @@ def run_job(args: argparse.Namespace, task: Task) -> int:
     in_flight: collections.deque[Document] = collections.deque()
     seen: set[str] = set()
 
+    stopping: list[BadRecord] = []  # --strict: the bad record the job stops at
+
     def report(bad: BadRecord) -> None:
         counts.bad += 1
         bar.update(1)
         tqdm.write(f"bad record: {bad}", file=sys.stderr)
         if args.strict:
-            raise StrictStop(str(bad))
+            stopping.append(bad)
 
     def to_compute() -> Iterator[Document]:
+        """The documents to run, in order; reading ends at a bad record under --strict (the
+        documents before it are still computed and written)."""
         for record in records(args, task):
             if isinstance(record, BadRecord):
                 report(record)
@@ -163,6 +166,8 @@ def run_job(args: argparse.Namespace, task: Task) -> int:
                 seen.add(record.id)
                 in_flight.append(record)
                 yield record
+            if stopping:
+                return
 
     writer = None
     try:
@@ -177,10 +182,14 @@ def run_job(args: argparse.Namespace, task: Task) -> int:
             document = in_flight.popleft()
             if isinstance(result, task.refusals):
                 report(BadRecord(document.source, document.line, f"document {document.id}: {result}"))
+                if stopping:
+                    raise StrictStop
                 continue
             writer.write(result)
             counts.written += 1
             bar.update(1)
+        if stopping:
+            raise StrictStop
         status = 0
     except StrictStop:
         status = 1
