@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
+def _assets_dir() -> Path:
+    """assets/ at the top of a checkout, or biogpt/assets in an installed copy (pyproject.toml maps
+    the one to the other), so the bundled models load offline from any directory."""
+    package = Path(__file__).resolve().parent
+    installed = package / "assets"
+    return installed if installed.is_dir() else package.parent / "assets"
+
+
+ASSETS_DIR = _assets_dir()
 # Short names for what ships inside the project, usable wherever a hub id is.
 BUNDLED_NAMES = {
     "bundled": ASSETS_DIR / "models" / "biogpt-pubmed-small",
@@ -33,7 +41,7 @@ def resolve_model_dir(name_or_path: str | Path, allow_patterns: list[str]) -> Pa
         path = BUNDLED_NAMES[name]
         if not path.is_dir():
             raise ModelNotAvailableError(f"The bundled model {name!r} is missing "
-                                         f"({path.relative_to(ASSETS_DIR.parent).as_posix()}); reinstall the project.")
+                                         f"({path}); reinstall the project.")
         return path
     path = Path(name).expanduser()
     if path.is_dir():
