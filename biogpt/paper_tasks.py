@@ -286,14 +286,14 @@ def decoding_settings(model, prompt_length: int, max_new_tokens: int | None = No
 
 
 def run_model(model, tokenizer, task: str, sources: list[str], max_new_tokens: int | None = None,
-              batch_size: int = 8) -> list[ParsedOutput]:
+              batch_size: int = 8, prompt: PromptFormat | None = None) -> list[ParsedOutput]:
     """Each source through the fine-tuned model, parsed; batches are left-padded (positions follow
-    the mask, so each row decodes as it would alone)."""
+    the mask, so each row decodes as it would alone). `prompt` defaults to the model's record."""
     import torch
 
     from .generation import generate
 
-    prompt = prompt_format_of(model)
+    prompt = prompt or prompt_format_of(model)
     encoded = [input_ids(prompt, tokenizer, source) for source in sources]
     outputs: list[ParsedOutput] = []
     pad = tokenizer.pad_token_id

@@ -276,6 +276,15 @@ class BioGptTokenizer:
         tokenizer.name_or_path = name
         return tokenizer
 
+    def add_symbols(self, tokens: Sequence[str]) -> list[int]:
+        """Append whole-token entries to the vocabulary (as fairseq's Dictionary.add_symbol does for a
+        task's learned prompt tokens); ones already present keep their id. Returns the ids."""
+        for token in tokens:
+            if token not in self.encoder:
+                self.encoder[token] = len(self.encoder)
+                self.decoder[self.encoder[token]] = token
+        return [self.encoder[token] for token in tokens]
+
     def save_pretrained(self, save_directory: str | Path) -> tuple[str, str, str]:
         """Write vocab.json, merges.txt and tokenizer_config.json in the layout transformers writes."""
         folder = Path(save_directory)

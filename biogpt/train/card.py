@@ -34,7 +34,8 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
     params = sum(p.numel() for p in model.parameters())
     files = info["data_files"]
     sources = sorted({text for key, text in DATA_PROVENANCE if any(key in f for f in files)})
-    title = {"lm": "causal language model", "ner": "Chemical/Disease NER (BIO)", "classify": "sequence classifier"}[task.name]
+    title = {"lm": "causal language model", "ner": "Chemical/Disease NER (BIO)", "classify": "sequence classifier",
+             "prompt": "paper-task generator (learned-prompt format)"}[task.name]
     lines = [
         f"# {out.name}: a small BioGPT {title} trained with BioGPT Studio",
         "",
@@ -59,6 +60,12 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
                      else "`</s> text`")
                   + f"; windows of {extra.get('ner_window')} pieces, stride {extra.get('ner_stride')}. "
                   "`biogpt.train.predict_entities(model, tokenizer, texts)` does all of this."]
+    if task.name == "prompt":
+        prompt = extra["prompt"]
+        lines += ["", f"Input (also in config.json, `biogpt_studio.prompt`): `</s> source "
+                  f"{' '.join(t.removesuffix('</w>') for t in prompt['learned_tokens'])}`, then the model writes the "
+                  f"{prompt['task']} answer sentence, as Microsoft's fine-tuned checkpoints do; the Tasks tab and "
+                  "`biogpt evaluate` run it."]
     if task.name == "classify" and extra.get("multi_label"):
         lines += ["", f"Multi-label: sigmoid per label, threshold {extra.get('threshold')} (tuned on validation for micro-F1); "
                   f"`{extra.get('empty_label')}` in the data means no label (all zeros)."]
@@ -109,6 +116,8 @@ def write_model_card(out: Path, task: Task, model, info: dict) -> None:
         "lm": "More text (the full PubMed corpus BioGPT used), a wider/deeper model and longer training lower perplexity.",
         "ner": "A better pretrained base (e.g. microsoft/biogpt), a CRF or span decoder, and ensembling would raise F1.",
         "classify": "A better pretrained base (e.g. microsoft/biogpt) and per-label thresholds would raise F1.",
+        "prompt": "Microsoft fine-tuned the 347 M-parameter BioGPT for 100 epochs; a bigger base, all of the training "
+                  "split and longer training would raise F1.",
     }
     lines += ["", "What would raise the numbers: " + notes[task.name], ""]
     (out / "README.md").write_text("\n".join(lines), encoding="utf-8")

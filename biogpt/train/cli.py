@@ -27,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     lm = sub.add_parser("lm", help="causal language model (pretraining)")
     ner = sub.add_parser("ner", help="token classification (BIO) with strict span F1")
     cls = sub.add_parser("classify", help="sequence classification from text<TAB>label TSV")
-    for p in (lm, ner, cls):  # each its own copies: set_defaults on shared parent actions would leak
+    prompt = sub.add_parser("prompt", help="the BioGPT paper's tasks in its learned-prompt format (DDI, KD-DTI, ...)")
+    for p in (lm, ner, cls, prompt):  # each its own copies: set_defaults on shared parent actions would leak
         _add_common_arguments(p)
 
     lm.add_argument("--block-size", type=int)
@@ -46,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     cls.add_argument("--labels", help="comma-separated label order (default: sorted labels of the training data)")
     cls.add_argument("--max-length", type=int, help="truncate inputs to N tokens (default: the model's positions)")
     cls.add_argument("--train-on-dev", action="store_true", help="also train on --valid; validate on a slice of train")
-    for name, p in (("lm", lm), ("ner", ner), ("classify", cls)):
+    from ..paper_tasks import TASKS
+
+    prompt.add_argument("--paper-task", choices=sorted(TASKS), help="which task's data and sentences")
+    prompt.add_argument("--learned-prompt", type=int, help="learned prompt tokens (default: Microsoft's for the task)")
+    prompt.add_argument("--max-source-positions", type=int, help="source tokens kept (default: Microsoft's)")
+    prompt.add_argument("--loss-on", choices=["all", "target"], help="loss on the whole sequence (fairseq's) or the answer")
+    prompt.add_argument("--answer-tokens", type=int,
+                        help="cap on generated tokens when scoring the test split (default: up to the positions)")
+    for name, p in (("lm", lm), ("ner", ner), ("classify", cls), ("prompt", prompt)):
         _set_defaults(p, name)
     return parser
 

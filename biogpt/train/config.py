@@ -29,6 +29,7 @@ TASK_DEFAULTS: dict[str, dict[str, Any]] = {
             "double_text": False, "label_token": "last"},
     "classify": {"lr": 1e-4, "batch_size": 16, "epochs": 5, "valid_percent": 10.0, "train_on_dev": False,
                  "multi_label": False, "label_sep": "|", "empty_label": "empty"},
+    "prompt": {"lr": 1e-4, "batch_size": 8, "epochs": 10, "valid_percent": 10.0, "loss_on": "all"},
 }
 
 # The settings a resumed run should share with its checkpoint (a difference is warned about).
@@ -110,6 +111,12 @@ class TrainConfig:
     label_sep: str | None = None
     empty_label: str | None = None
     labels: str | None = None
+    # prompt (the BioGPT paper's fine-tuning format; see prompt_task.py)
+    paper_task: str | None = None
+    learned_prompt: int | None = None
+    max_source_positions: int | None = None
+    loss_on: str | None = None
+    answer_tokens: int | None = None
     # the run's record: when it started and the command to repeat it (for the card and metrics)
     started: float = field(default_factory=time.time)
     command: str = ""
@@ -137,6 +144,9 @@ class TrainConfig:
             raise TrainError("--out must differ from --init")
         if self.grad_accum < 1 or self.batch_size < 1:
             raise TrainError("--batch-size and --grad-accum must be at least 1")
+        if self.task == "prompt" and (self.freeze_embeddings or not self.paper_task):
+            raise TrainError("prompt needs --paper-task, and trains the learned prompt's embedding rows "
+                             "(no --freeze-embeddings)")
 
     def resume_relevant(self) -> dict:
         return {k: getattr(self, k) for k in RESUME_RELEVANT}

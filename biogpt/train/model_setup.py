@@ -48,6 +48,7 @@ def build_model(config: TrainConfig, task: Task, tokenizer, log: Callable[[str],
     vocab = len(tokenizer)
     if config.init:
         model = task.model_class.from_pretrained(config.init, **overrides)
+        task.adapt_model(model)
         if model.config.vocab_size < vocab:
             raise TrainError(f"the tokenizer has {vocab} tokens but {config.init} only {model.config.vocab_size}")
         log(f"initialised from {config.init}" + (" (new, untrained head)" if model.head_is_untrained else ""))
@@ -67,6 +68,7 @@ def build_model(config: TrainConfig, task: Task, tokenizer, log: Callable[[str],
             raise TrainError(f"vocab_size {model_config.vocab_size} is smaller than the tokenizer's {vocab}")
         model = task.model_class(model_config)
         model.init_weights()
+        task.adapt_model(model)
         log(f"new model from scratch: {model_config.num_hidden_layers} layers, hidden {model_config.hidden_size}, "
             f"{model_config.num_attention_heads} heads, intermediate {model_config.intermediate_size}, "
             f"vocab {model_config.vocab_size}, max positions {model_config.max_position_embeddings}")

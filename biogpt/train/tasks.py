@@ -1,4 +1,4 @@
-"""The three tasks, lm / ner / classify: each reads its data, makes batches, evaluates, and says
+"""The tasks, lm / ner / classify (and prompt, in prompt_task.py): each reads its data, makes batches, evaluates, and says
 what config.json must record for inference. The loop (loop.py) knows only the Task interface."""
 
 from __future__ import annotations
@@ -74,6 +74,9 @@ class Task:
 
     def to_device(self, device) -> None:
         """Move data the task keeps as tensors to `device`; tasks that pad batches on the fly keep none."""
+
+    def adapt_model(self, model) -> None:
+        """Change the freshly built or loaded model before training (e.g. grow its vocabulary)."""
 
 
 class LmTask(Task):
@@ -387,6 +390,10 @@ def make_task(config: TrainConfig, tokenizer, log: Callable[[str], None], max_po
             raise TrainError(f"--block-size {config.block_size} exceeds the model's {max_positions} positions")
     elif config.task == "ner":
         task = NerTask(config, tokenizer, log, max_positions)
+    elif config.task == "prompt":
+        from .prompt_task import PromptTask  # it builds on this module's Task
+
+        task = PromptTask(config, tokenizer, log, max_positions)
     else:
         task = ClassifyTask(config, tokenizer, log, max_positions)
     if not task.has_split("valid"):
