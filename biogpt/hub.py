@@ -41,7 +41,7 @@ def resolve_model_dir(name_or_path: str | Path, allow_patterns: list[str]) -> Pa
         path = BUNDLED_NAMES[name]
         if not path.is_dir():
             raise ModelNotAvailableError(f"The bundled model {name!r} is missing "
-                                         f"({path}); reinstall the project.")
+                                         f"({path.relative_to(ASSETS_DIR.parent).as_posix()}); reinstall the project.")
         return path
     path = Path(name).expanduser()
     if path.is_dir():
