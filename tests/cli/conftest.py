@@ -50,3 +50,22 @@ def corpus(tmp_path_factory) -> Path:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def expected(corpus) -> list[dict]:
+    """`biogpt ner` over the corpus, uninterrupted, in one process, as a user runs it."""
+    done = run_cli("ner", str(corpus))
+    assert done.returncode == 0, done.stderr
+    assert "13 written, 0 already done (skipped), 0 bad" in done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]  # stdout: data only, one JSON a line
+
+
+def assert_same_results(got: list[dict], want: list[dict]) -> None:
+    """The same documents in the same order with the same entity spans; scores within 1e-5 (fp32:
+    rows batched differently round differently)."""
+    assert [(r["id"], r["text"]) for r in got] == [(r["id"], r["text"]) for r in want]
+    for a, b in zip(got, want):
+        assert [(e["start"], e["end"], e["type"], e["text"]) for e in a["entities"]] == \
+            [(e["start"], e["end"], e["type"], e["text"]) for e in b["entities"]]
+        assert all(abs(x["score"] - y["score"]) <= 1e-5 for x, y in zip(a["entities"], b["entities"]))

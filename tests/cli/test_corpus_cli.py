@@ -25,15 +25,6 @@ def engine(one_thread):
     return Engine(limits=Limits.local(), batching=False)
 
 
-@pytest.fixture(scope="module")
-def expected(corpus, tmp_path_factory) -> list[dict]:
-    """The uninterrupted run, through the CLI as a user runs it."""
-    done = run_cli("ner", str(corpus))
-    assert done.returncode == 0, done.stderr
-    assert "13 written, 0 already done (skipped), 0 bad" in done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]  # stdout: data only, one JSON a line
-
-
 def test_batched_ner_equals_one_document_at_a_time(engine, corpus):
     texts = [row["text"] for row in read_jsonl(corpus)]
     alone = [engine.ner(text) for text in texts]
