@@ -1,6 +1,12 @@
 """BioGPT Studio: `python app.py [--model ID_OR_PATH] [--device auto|cpu|cuda|mps]
 [--dtype auto|float32|float16|bfloat16] [--quantize none|int8|int4|8bit|4bit] [--host 127.0.0.1]
 [--port 7860] [--allow-model ID_OR_PATH ...]`; `python app.py --help` lists the queue flags too.
+`biogpt-studio` (installed with `pip install .[app]`) is the same command.
+
+Every flag can also be set by an environment variable, for a Hugging Face Space (which runs
+`python app.py` without arguments): BIOGPT_STUDIO_ and the flag's name in capitals with
+underscores, e.g. BIOGPT_STUDIO_MODEL=microsoft/biogpt, BIOGPT_STUDIO_ALLOW_MODEL=a,b (lists are
+comma-separated), BIOGPT_STUDIO_NO_PRELOAD=1. A flag on the command line wins over its variable.
 
 Offline-safe settings are set before gradio is imported: no analytics, no telemetry, no hub
 calls from gradio_client, and loopback traffic never goes through a proxy. Nothing is
@@ -56,7 +62,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="GB the loaded models' weights may take together (default: half the RAM, or of the GPU's "
                              "memory); least recently used models go first, a model larger than this is refused")
     parser.add_argument("--no-preload", action="store_true", help="load models on first use only")
+    environment_defaults(parser)
     return parser.parse_args(argv)
+
+
+ENV_PREFIX = "BIOGPT_STUDIO_"
+TRUE, FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def environment_variable(action: argparse.Action) -> str:
+    """BIOGPT_STUDIO_ + the long flag's name: --model-memory-gb -> BIOGPT_STUDIO_MODEL_MEMORY_GB."""
+    return ENV_PREFIX + action.option_strings[-1].lstrip("-").upper().replace("-", "_")
+
+
+def environment_defaults(parser: argparse.ArgumentParser) -> None:
+    """Each flag's default from its environment variable, checked as the flag would be."""
+    for action in parser._actions:
+        if not action.option_strings or action.dest == "help":
+            continue
+        name = environment_variable(action)
+        raw = os.environ.get(name)
+        if raw is None:
+            continue
+        if isinstance(action, argparse._StoreTrueAction):
+            if raw.strip().lower() not in TRUE + FALSE:
+                parser.error(f"{name}={raw!r}: use 1 or 0.")
+            value = raw.strip().lower() in TRUE
+        elif isinstance(action, argparse._AppendAction):
+            value = [item.strip() for item in raw.split(",") if item.strip()]
+        else:
+            try:
+                value = action.type(raw) if action.type else raw
+            except ValueError:
+                parser.error(f"{name}={raw!r} is not a valid {action.type.__name__}.")
+            if action.choices and value not in action.choices:
+                parser.error(f"{name}={raw!r}: choose one of {', '.join(map(str, action.choices))}.")
+        parser.set_defaults(**{action.dest: value})
+        action.help = (action.help or "") + f" [env {name}]"
 
 
 def port_taken(host: str, port: int) -> bool:
@@ -83,10 +125,15 @@ def build(args: argparse.Namespace):
     from ui import create_app
     from ui.admission import AdmissionLimits, install as install_admission
 
+    from biogpt.serving.zerogpu import gpu_decorator, on_zero_gpu
+
+    gpu = gpu_decorator()  # spaces.GPU on a ZeroGPU Space, else None
     engine = Engine(default_model=args.model, device=args.device, dtype=args.dtype,
                     allowed_models=args.allow_model, max_loaded_models=args.max_loaded_models,
-                    quantize=None if args.quantize == "none" else args.quantize, batching=not args.no_batching,
-                    model_memory_gb=args.model_memory_gb)
+                    quantize=None if args.quantize == "none" else args.quantize,
+                    batching=not args.no_batching and gpu is None, model_memory_gb=args.model_memory_gb)
+    if gpu is not None:
+        engine = on_zero_gpu(engine, gpu)
     demo = create_app(engine)
     demo.queue(default_concurrency_limit=args.concurrency, max_size=None)  # no shared cap: each tab has its own
     install_admission(demo, AdmissionLimits(args.visitor_requests, args.visitor_requests_per_tab, args.queue_size))
