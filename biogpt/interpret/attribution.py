@@ -24,8 +24,10 @@ f = log p(target) - log p(contrast) ("why X rather than Y"). Three methods:
                         length is refused with a sentence that says both lengths.
   occlusion             f(text) - f(text with one word removed), or with that word's tokens
                         replaced by padding tokens ("replace"); each word (and, for the token
-                        view, each token) occluded in its own batch row, all rows in one
-                        forward per `BATCH_TOKENS`.
+                        view, each token) occluded in its own batch row (a one-token word's row
+                        serves both), the rows batched `BATCH_TOKENS` token rows per forward.
+                        One forward of the text per word and token: the costliest method on a
+                        long text.
 
 Gradient methods give token scores and word scores that are their sums (they are additive);
 occlusion occludes words for the word scores and tokens for the token scores. Every result
@@ -57,8 +59,9 @@ DEFAULT_MAX_STEPS = 128  # points IG may grow to while completeness is not met
 NODES = 8  # Gauss-Legendre points per piece of the path
 MAX_TOKENS = 1024  # tokens before the explained position; IG holds BATCH_TOKENS rows' activations at once
 # Token rows per forward: IG's interpolation steps and occlusion's variants are batched up to this
-# many rows x tokens (8 steps of a 256-token text), which bounds the activations kept for backward.
-BATCH_TOKENS = 2048
+# many rows x tokens (4 points of a 256-token text), which bounds the activations kept for backward
+# (about 1.5 GB on microsoft/biogpt's shape).
+BATCH_TOKENS = 1024
 ABSOLUTE_TOLERANCE = 1e-3  # nats
 RELATIVE_TOLERANCE = 0.01
 
@@ -159,14 +162,16 @@ def integrated_gradients(model, ids: torch.Tensor, baseline_ids: torch.Tensor, t
     todo = first_intervals(steps)
     while True:
         pieces.update(zip(todo, _interval_scores(model, x, b, todo, nodes, target, contrast)))
-        new_ends = sorted({a for interval in todo for a in interval} - set(ends))
-        ends.update(zip(new_ends, _path_values(model, x, b, new_ends, target, contrast)))
-        gaps = {iv: float(score.sum()) - (ends[iv[1]] - ends[iv[0]]) for iv, score in pieces.items()}
+        _add_path_values(model, x, b, ends, [0.0, 1.0], target, contrast)
         tolerance = max(RELATIVE_TOLERANCE * abs(ends[1.0] - ends[0.0]), ABSOLUTE_TOLERANCE)
+        gap = float(sum(score.sum() for score in pieces.values())) - (ends[1.0] - ends[0.0])
         used = nodes * len(pieces)
         room = (max_steps - used) // nodes  # pieces that may still be added (a halved piece adds one)
-        if abs(sum(gaps.values())) <= tolerance or room < 1:
+        if abs(gap) <= tolerance or room < 1:
             break
+        # Only now the pieces' inner ends: which pieces miss their own completeness most.
+        _add_path_values(model, x, b, ends, [a for piece in pieces for a in piece], target, contrast)
+        gaps = {iv: float(score.sum()) - (ends[iv[1]] - ends[iv[0]]) for iv, score in pieces.items()}
         worst = sorted(gaps, key=lambda iv: -abs(gaps[iv]))[:room]
         todo = []
         for lo, hi in worst:
@@ -195,6 +200,14 @@ def _interval_scores(model, x: torch.Tensor, b: torch.Tensor, intervals: list[tu
             grads_by_point.append((grads.double() * (x - b).double()).sum(-1) * weight[:, None])  # [rows, T]
     per_point = torch.cat(grads_by_point)
     return list(per_point.reshape(len(intervals), nodes, length).sum(1))
+
+
+def _add_path_values(model, x: torch.Tensor, b: torch.Tensor, ends: dict[float, float], alphas: list[float],
+                     target: int, contrast: int | None) -> None:
+    """Put f at the points of the path `alphas` that `ends` lacks into it, batched, no gradients."""
+    alphas = sorted(set(alphas) - set(ends))
+    if alphas:
+        ends.update(zip(alphas, _path_values(model, x, b, alphas, target, contrast)))
 
 
 def _path_values(model, x: torch.Tensor, b: torch.Tensor, alphas: list[float], target: int,
@@ -348,13 +361,18 @@ def attribute(model, tokenizer, ids: Sequence[int], position: int, method: str =
     else:
         occludable = [(s, e) for s, e in spans if s > 0]  # the leading </s> stays
         token_units = [(i, i + 1) for i in range(1, position)]
-        variants = [context] + [occluded(context, span, occlusion, pad) for span in occludable + token_units]
-        values = occlusion_values(model, variants, target, contrast, pad)
+        # A one-token word and its token are the same variant: each distinct variant runs once.
+        rows: dict[tuple[int, ...], int] = {tuple(context): 0}
+        for span in occludable + token_units:
+            rows.setdefault(tuple(occluded(context, span, occlusion, pad)), len(rows))
+        values = occlusion_values(model, [list(v) for v in rows], target, contrast, pad)
         value = float(values[0])
-        drops = value - values[1:]
-        by_word = dict(zip(occludable, drops[:len(occludable)]))
-        word_scores = np.array([by_word.get(span, 0.0) for span in spans])
-        token_scores = np.concatenate([[0.0], drops[len(occludable):]])
+
+        def drop(span: tuple[int, int]) -> float:
+            return value - float(values[rows[tuple(occluded(context, span, occlusion, pad))]])
+
+        word_scores = np.array([drop(span) if span in occludable else 0.0 for span in spans])
+        token_scores = np.array([0.0] + [drop(span) for span in token_units])
         extra = dict(occlusion=occlusion)
     return Attribution(
         method=method, position=int(position), target_id=target, target=str(names[target]),
