@@ -24,6 +24,7 @@ from .generate_tab import build_generate_tab
 from . import http_guard
 from .http_guard import StudioBlocks
 from .ner_tab import build_ner_tab
+from .tasks_tab import build_tasks_tab
 
 DISCLAIMER = (
     "This is a research and teaching tool. Language models write fluent text that can be wrong; "
@@ -37,6 +38,7 @@ TABS: list[tuple[str, str, Callable[[Engine], None]]] = [
     ("NER", "ner", build_ner_tab),
     ("Classify", "classify", build_classify_tab),
     ("Attention", "attention", build_attention_tab),
+    ("Tasks", "tasks", build_tasks_tab),
 ]
 
 

@@ -148,6 +148,32 @@ class Engine(ModelRegistry):
         text = clean_text(text, "text", self.limits.max_classify_chars)
         return tagging.classify(self.load(model, "classify", progress), text)
 
+    # ----- the paper's fine-tuned tasks (Tasks tab; biogpt.serving.paper_tasks) -------------------
+    # Microsoft's fine-tuned checkpoints (converted with `biogpt convert`) and models trained with
+    # `biogpt train prompt` are the operator's models; the visitor picks one and a task.
+
+    @staticmethod
+    def paper_task_choices() -> list[tuple[str, str]]:
+        """(title, name) of the BioGPT paper's tasks: relation extraction, PubMedQA, HoC."""
+        from ..paper_tasks import TASKS
+
+        return [(spec.title, name) for name, spec in TASKS.items()]
+
+    def paper_task(self, task: str, text: str, model: str, question: str = "",
+                   progress: ProgressCallback | None = None):
+        """A fine-tuned paper-task model's answer, parsed into triples, an answer or labels
+        (biogpt.serving.paper_tasks.PaperTaskResult); malformed pieces are reported with it."""
+        from ..paper_tasks import TASKS
+        from . import paper_tasks
+
+        if task not in TASKS:
+            raise InputError(f"Task must be one of {', '.join(TASKS)}, got {task!r}.")
+        text = clean_text(text, "text", self.limits.max_document_chars)
+        question = clean_text(question, "question", self.limits.max_prompt_chars, allow_empty=True)
+        if task == "pubmedqa" and not question.strip():
+            raise InputError("PubMedQA needs a question as well as the context.")
+        return paper_tasks.run(self.load(model, "generate", progress), task, text, question, self.limits.max_new_tokens)
+
     # ----- attention ----------------------------------------------------------------------------
     # One forward with attentions and hidden states per (model, text), kept in a byte-bounded
     # cache; every view is derived from it in biogpt.interpret.
