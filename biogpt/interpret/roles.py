@@ -28,6 +28,7 @@ from .attention import head_statistics
 PROBE_ROWS = 4  # random sequences in the one batched forward
 PROBE_TOKENS = 50  # n: tokens of one random sequence (the probe is 1 + 2n tokens)
 PROBE_SEED = 0
+UNKNOWN_TOKEN_ID = 3  # <unk> in BioGPT's vocabulary; config.json does not name it
 
 # Role key -> (display name, True if a higher score means more of the role).
 ROLES: dict[str, tuple[str, bool]] = {
@@ -136,7 +137,7 @@ def head_roles(model, model_id: str = "", period: int = PROBE_TOKENS, rows: int 
     # Texts begin with </s> (the tokenizer's document start), so the probe does too.
     first = int(config.eos_token_id if config.eos_token_id is not None else 0)
     specials = tuple(int(t) for t in (config.bos_token_id, config.pad_token_id, config.eos_token_id) if t is not None)
-    ids = probe_ids(int(config.vocab_size), first, period, rows, seed, skip=specials + (3,))  # 3: <unk>
+    ids = probe_ids(int(config.vocab_size), first, period, rows, seed, skip=specials + (UNKNOWN_TOKEN_ID,))
     with torch.inference_mode():
         out = model(torch.from_numpy(ids).to(model.device), output_attentions=True, use_cache=False, logits_to_keep=1)
         mean = torch.stack([weights.float().mean(0) for weights in out.attentions]).cpu().numpy()
