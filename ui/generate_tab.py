@@ -153,6 +153,7 @@ def build_generate_tab(engine: Engine) -> None:
             return  # nobody is reading
 
     generate.__signature__ = controls_signature(REQUEST_FIELDS, progress=gr.Progress(track_tqdm=True), request=True)
+    generate.__annotations__ = {"request": gr.Request}  # gradio finds the request by type hint, not by the signature
     generate = friendly_errors(generate)
     generation = gr.on(
         [run.click, prompt.submit], generate,
