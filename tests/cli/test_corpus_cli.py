@@ -176,3 +176,14 @@ def test_every_corpus_subcommand(tmp_path, capsys, one_thread):
     [analysis] = cli("analyze", "--text", text)
     assert analysis["tokens"] == list(engine.analyze(text).tokens)
     assert len(analysis["next_token"]) == len(analysis["tokens"]) and set(analysis["head_statistics"]) >= {"entropy"}
+
+
+def test_progress_on_a_terminal_goes_to_stderr_only(tmp_path, capsys, monkeypatch, one_thread):
+    from biogpt.cli import main
+
+    corpus = write_jsonl(tmp_path / "in.jsonl", [{"id": str(i), "text": f"Aspirin causes asthma in case {i}."} for i in range(3)])
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # a terminal: the bar shows
+    assert main(["ner", str(corpus)]) == 0
+    captured = capsys.readouterr()
+    assert "3/3" in captured.err and "doc/s" in captured.err and "<00:00" in captured.err  # count, rate, ETA
+    assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["0", "1", "2"]  # stdout: data only
