@@ -81,6 +81,7 @@ def environment_defaults(parser: argparse.ArgumentParser) -> None:
         if not action.option_strings or action.dest == "help":
             continue
         name = environment_variable(action)
+        action.help = (action.help or "") + f" [env {name}]"
         raw = os.environ.get(name)
         if raw is None:
             continue
@@ -98,7 +99,6 @@ def environment_defaults(parser: argparse.ArgumentParser) -> None:
             if action.choices and value not in action.choices:
                 parser.error(f"{name}={raw!r}: choose one of {', '.join(map(str, action.choices))}.")
         parser.set_defaults(**{action.dest: value})
-        action.help = (action.help or "") + f" [env {name}]"
 
 
 def port_taken(host: str, port: int) -> bool:

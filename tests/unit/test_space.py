@@ -105,3 +105,11 @@ def test_on_zero_gpu_model_work_runs_inside_spaces_gpu(monkeypatch, one_thread):
     assert generated.samples[0].text == alone.samples[0].text
     assert [(e.start, e.end, e.type) for e in entities] == [(e.start, e.end, e.type) for e in
                                                             plain.ner("Famotidine-associated delirium.").entities]
+
+
+def test_help_names_each_flags_variable(capsys):
+    with pytest.raises(SystemExit):
+        app.parse_args(["--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for variable in ("MODEL", "ALLOW_MODEL", "QUANTIZE", "DEVICE", "QUEUE_SIZE", "MODEL_MEMORY_GB", "NO_PRELOAD"):
+        assert f"[env BIOGPT_STUDIO_{variable}]" in shown
