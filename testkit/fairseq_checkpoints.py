@@ -31,7 +31,7 @@ def fairseq_dict_lines(count: int) -> list[str]:
     return [f"{t[:-4] if t.endswith('</w>') else t + '@@'} {1000000 - i}" for i, t in ordered]
 
 
-class _MeterModule:
+class FakeFairseqMeters:
     """Pickles objects under fairseq's own class names, as a real checkpoint holds them."""
 
     def __enter__(self):
@@ -99,7 +99,7 @@ def build_fairseq_folder(folder: Path, shape: dict, seed: int = 0, use_cfg: bool
         sep_token="<seqsep>", manual_prompt=None, max_source_positions=640, max_target_positions=1024,
         lr=[np.float64(1e-4)],
     )
-    with _MeterModule() as meter:
+    with FakeFairseqMeters() as meter:
         checkpoint = {
             "args": None if use_cfg else args,
             "cfg": {"model": args, "task": {"_name": "language_modeling_prompt"}} if use_cfg else None,

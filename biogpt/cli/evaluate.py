@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,6 +39,8 @@ def run(args: argparse.Namespace) -> int:
     split = args.split or str(default_data_dir() / TEST_FILES[args.task])
     started = time.time()
     try:
+        if not Path(split).is_file():
+            raise ValueError(f"the split file {split} does not exist (set BIOGPT_DATA or pass --split)")
         examples = read_split(args.task, split)[:args.limit]
         if not examples:
             raise ValueError(f"{split} holds no {args.task} examples")
