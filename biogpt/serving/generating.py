@@ -82,7 +82,8 @@ def _stream_one(loaded, prompt, ids, kwargs, settings, should_stop=None) -> Iter
     from ..generation import stream
 
     try:
-        events = stream(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, should_stop=should_stop, **kwargs)
+        events = stream(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher, should_stop=should_stop,
+                        alternatives=ALTERNATIVES_ASKED, **kwargs)
     except ValueError as error:
         raise InputError(str(error)) from None
     return _stream_results(loaded, prompt, events, settings)
@@ -102,7 +103,7 @@ def _stream_results(loaded, prompt, events, settings) -> Iterator[GenerationResu
             text += event.text
             token_ids.append(event.token_id)
             probabilities.append(math.exp(event.logprob))
-            alternatives.append([(c.token, c.probability) for c in event.alternatives])
+            alternatives.append(listed_alternatives(loaded, event.alternatives))
             sample = _sample(loaded, text, token_ids, probabilities, alternatives, event.finish_reason)
             yield GenerationResult(
                 prompt=prompt, samples=[sample], settings=settings, model=loaded.describe(),
@@ -123,18 +124,19 @@ def _generate_all(loaded, prompt, ids, kwargs, settings, beam_turns, should_stop
             beam_turns.take(should_stop)
             try:
                 started = time.perf_counter()
-                sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], should_stop=should_stop, **kwargs)
+                sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], should_stop=should_stop,
+                                              alternatives=ALTERNATIVES_ASKED, **kwargs)
             finally:
                 beam_turns.release()
         else:
             sequences = generate_detailed(loaded.model, loaded.tokenizer, [ids], batcher=loaded.batcher,
-                                          should_stop=should_stop, **kwargs)
+                                          should_stop=should_stop, alternatives=ALTERNATIVES_ASKED, **kwargs)
     except ValueError as error:
         raise InputError(str(error)) from None
     elapsed = time.perf_counter() - started
     samples = [
         _sample(loaded, s.text, s.token_ids, [math.exp(v) for v in s.token_logprobs],
-                [[(c.token, c.probability) for c in step] for step in s.alternatives],
+                [listed_alternatives(loaded, step) for step in s.alternatives],
                 s.finish_reason, s.beam_score)
         for s in sequences
     ]
@@ -142,6 +144,32 @@ def _generate_all(loaded, prompt, ids, kwargs, settings, beam_turns, should_stop
         prompt=prompt, samples=samples, settings=settings, model=loaded.describe(), finished=True,
         elapsed=elapsed, first_token_seconds=None, new_tokens=sum(len(s.token_ids) for s in samples),
     )
+
+
+# A special token (<pad>, <unk>, <s>...) is listed as an alternative only when the model gave it at
+# least this much: below it, it would read "0.0%" and only crowd out real words.
+MIN_SPECIAL_PROBABILITY = 0.0005
+ALTERNATIVES_SHOWN = 5
+ALTERNATIVES_ASKED = 10  # more than shown, so that five remain once specials and repeated surfaces are dropped
+
+
+def listed_alternatives(loaded, choices) -> list[tuple[str, float]]:
+    """The candidates a visitor is shown at one step, best first: special tokens only with real
+    probability, and each surface once (two ids can read the same, e.g. a word and its word-end
+    form); the first, most likely, of them stands for it."""
+    special = set(loaded.tokenizer.all_special_ids)
+    listed, seen = [], set()
+    for choice in choices:
+        if choice.token_id in special and choice.probability < MIN_SPECIAL_PROBABILITY:
+            continue
+        surface = choice.token.strip() if choice.token_id in special else loaded.surface(choice.token_id)
+        if surface in seen:
+            continue
+        seen.add(surface)
+        listed.append((surface or choice.token, choice.probability))
+        if len(listed) == ALTERNATIVES_SHOWN:
+            break
+    return listed
 
 
 def _sample(loaded, text, token_ids, probabilities, alternatives, finish_reason, beam_score=None) -> GeneratedText:

@@ -30,13 +30,14 @@ ProgressCallback = Callable[[float, str], None]
 TASKS = ("generate", "ner", "classify")
 HUB_MODELS = ("microsoft/biogpt", "microsoft/BioGPT-Large", "microsoft/BioGPT-Large-PubMedQA")
 BUNDLED_FOR_TASK = {"generate": "bundled", "ner": "bundled-ner", "classify": "bundled-hoc"}
+# How the model picker and the header name each model: the bundled ones as the small demos they are.
 MODEL_DESCRIPTIONS = {
-    "bundled": "bundled: small BioGPT trained here on PubMed",
-    "bundled-ner": "bundled-ner: small BioGPT fine-tuned for Chemical/Disease NER (BC5CDR)",
-    "bundled-hoc": "bundled-hoc: small BioGPT fine-tuned for Hallmarks of Cancer (HoC)",
-    "microsoft/biogpt": "microsoft/biogpt (347M)",
-    "microsoft/BioGPT-Large": "microsoft/BioGPT-Large (1.5B)",
-    "microsoft/BioGPT-Large-PubMedQA": "microsoft/BioGPT-Large-PubMedQA (1.5B)",
+    "bundled": "bundled: demo 4-layer BioGPT trained here for minutes (its text is not factual)",
+    "bundled-ner": "bundled-ner: demo 4-layer BioGPT fine-tuned for Chemical/Disease NER (BC5CDR)",
+    "bundled-hoc": "bundled-hoc: demo 4-layer BioGPT fine-tuned for Hallmarks of Cancer (HoC)",
+    "microsoft/biogpt": "microsoft/biogpt: Microsoft's published BioGPT (347M parameters)",
+    "microsoft/BioGPT-Large": "microsoft/BioGPT-Large: Microsoft's published BioGPT-Large (1.5B)",
+    "microsoft/BioGPT-Large-PubMedQA": "microsoft/BioGPT-Large-PubMedQA: published, fine-tuned for PubMedQA (1.5B)",
 }
 # Tokenizers shipped with the project, chosen by vocabulary size when a checkpoint has none.
 TOKENIZER_BY_VOCAB = {42384: "bundled-tokenizer", 57717: "bundled-tokenizer-large"}
@@ -141,7 +142,11 @@ class ModelRegistry:
 
     @staticmethod
     def describe_choice(name: str) -> str:
-        return MODEL_DESCRIPTIONS.get(name, name)
+        """What the picker shows for a model: what it is, not only its name."""
+        if name in MODEL_DESCRIPTIONS:
+            return MODEL_DESCRIPTIONS[name]
+        return f"{name}: a checkpoint from the Hugging Face Hub" if "/" in name and not name.startswith(("/", ".")) \
+            else f"{name}: a local checkpoint"
 
     @property
     def device(self) -> str:
