@@ -132,7 +132,9 @@ class Admission:
 
     @staticmethod
     def tab_name(fn) -> str:
-        name = str(getattr(fn, "api_name", "") or "this").replace("_", " ")
+        # A tab's page and API events share a named concurrency group (ui.common.page_and_api); its name is the tab's.
+        group = str(getattr(fn, "concurrency_id", "") or "")
+        name = (group if group and not group.isdigit() else str(getattr(fn, "api_name", "") or "this")).replace("_", " ")
         return {"ner": "NER", "pubmedqa": "PubMedQA", "zero shot": "zero-shot"}.get(
             name, name.capitalize() if name.islower() else name)
 

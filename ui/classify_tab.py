@@ -3,12 +3,36 @@ scored by a language model's log-likelihood."""
 
 from __future__ import annotations
 
+import json
+
 import gradio as gr
 
 from biogpt.serving import ZERO_SHOT_TEMPLATE, Engine
 
 from . import plots, views
-from .common import friendly_errors, load_examples, model_dropdown, progress_reporter
+from .common import PRIVATE, load_examples, model_dropdown, page_and_api, progress_reporter, status_note
+
+
+def label_exports(prefix: str):
+    """The result kept for the page, a sortable table of every label, and JSON and CSV downloads."""
+    result = gr.State(None)
+    table = gr.Dataframe(headers=views.LABEL_TABLE_HEADERS, interactive=False, label="Every label (probability %)",
+                         max_height=320, elem_id=f"{prefix}-table")
+    with gr.Row():
+        json_file = gr.File(label="Download JSON", elem_id=f"{prefix}-json-file")
+        csv_file = gr.File(label="Download CSV", elem_id=f"{prefix}-csv-file")
+    return result, table, json_file, csv_file
+
+
+def export_labels(result):
+    """Table and files of a classification, named for the task, model and time."""
+    if result is None:
+        return gr.skip(), gr.skip(), gr.skip()
+    task = "zero-shot" if result.mode == "zero-shot" else "classify"
+    model = result.settings["model"]
+    return (views.label_rows(result),
+            views.write_export(json.dumps(views.labels_json(result), ensure_ascii=False, indent=1), ".json", task, model),
+            views.write_export(views.labels_csv(result), ".csv", task, model))
 
 
 def build_classify_tab(engine: Engine) -> None:
@@ -28,9 +52,11 @@ def build_classify_tab(engine: Engine) -> None:
                     gr.Examples([[e["text"]] for e in examples["classify"]], inputs=[text],
                                 label="Examples (HoC training sentences)")
                 with gr.Column(scale=3):
+                    status = status_note("cls-status")
                     labels = gr.Label(label="Top labels", num_top_classes=3, elem_id="cls-label")
                     info = gr.Markdown(label="Summary", elem_id="cls-info")
             chart = gr.Plot(label="All labels", elem_id="cls-chart")
+            cls_result, cls_table, cls_json, cls_csv = label_exports("cls")
 
         with gr.Tab("Zero-shot", id="zero-shot"):
             gr.Markdown(
@@ -52,26 +78,28 @@ def build_classify_tab(engine: Engine) -> None:
                     gr.Examples([[e["text"], ", ".join(e["labels"])] for e in examples["zero_shot"]],
                                 inputs=[zs_text, candidates], label="Examples (BC5CDR and HoC training data)")
                 with gr.Column(scale=3):
+                    zs_status = status_note("zs-status")
                     zs_labels = gr.Label(label="Most likely", num_top_classes=3, elem_id="zs-label")
                     zs_info = gr.Markdown(label="Summary", elem_id="zs-info")
             zs_chart = gr.Plot(label="All candidates", elem_id="zs-chart")
+            zs_result, zs_table, zs_json, zs_csv = label_exports("zs")
 
-    @friendly_errors
     def classify(text, model, progress=gr.Progress(track_tqdm=True)):
         result = engine.classify(text, model=model, progress=progress_reporter(progress))
-        return views.label_confidences(result), plots.label_chart(result), views.classification_info(result)
+        return views.label_confidences(result), plots.label_chart(result), views.classification_info(result), result
 
-    gr.on([run.click, text.submit], classify, inputs=[text, model], outputs=[labels, chart, info],
-          api_name="classify",
-          api_description="A fine-tuned classifier's labels with probabilities, a chart, and a summary naming "
-                          "the labels above the threshold (multi-label) and the settings.")
+    page_and_api([run.click, text.submit], classify, [text, model], [labels, chart, info, cls_result], status,
+                 api_name="classify",
+                 api_description="A fine-tuned classifier's labels with probabilities, a chart, and a summary naming "
+                                 "the labels above the threshold (multi-label) and the settings.",
+                 ).then(export_labels, cls_result, [cls_table, cls_json, cls_csv], **PRIVATE)
 
-    @friendly_errors
     def zero_shot(text, candidates, template, model, per_token, progress=gr.Progress(track_tqdm=True)):
         result = engine.zero_shot(text, candidates, template=template, model=model, normalize=per_token,
                                   progress=progress_reporter(progress))
-        return views.label_confidences(result), plots.label_chart(result), views.classification_info(result)
+        return views.label_confidences(result), plots.label_chart(result), views.classification_info(result), result
 
-    gr.on([zs_run.click, zs_text.submit], zero_shot, inputs=[zs_text, candidates, template, zs_model, per_token],
-          outputs=[zs_labels, zs_chart, zs_info], api_name="zero_shot",
-          api_description="Rank candidate labels by a language model's log-likelihood of the filled template.")
+    page_and_api([zs_run.click, zs_text.submit], zero_shot, [zs_text, candidates, template, zs_model, per_token],
+                 [zs_labels, zs_chart, zs_info, zs_result], zs_status, api_name="zero_shot",
+                 api_description="Rank candidate labels by a language model's log-likelihood of the filled template.",
+                 ).then(export_labels, zs_result, [zs_table, zs_json, zs_csv], **PRIVATE)

@@ -31,6 +31,7 @@ def _as_user_error(error: BaseException) -> gr.Error:
     if isinstance(error, (InputError, ModelNotAvailableError, ValueError)):
         # Engine, loading and generation all word their ValueErrors for the visitor.
         message = str(error)
+        logger.warning("Refused a request: %s", " ".join(message.split())[:160])  # one line, no traceback
         if len(message) > MAX_MESSAGE_CHARS:
             half = MAX_MESSAGE_CHARS // 2
             message = f"{message[:half]} … {message[-half:]}"
@@ -107,3 +108,68 @@ def load_examples() -> dict[str, Any]:
 
 
 PRIVATE = dict(api_visibility="private", queue=False)  # UI-only events: not in the API, not queued
+
+
+# Shown above a tab's results after a refused request, in place of Gradio's red "Error" badge on
+# every output: the toast says why once, and this says that what is shown is the previous result.
+PREVIOUS_RESULT_NOTE = (
+    "**Not updated:** the last request was refused (the message at the top right says why); "
+    "the results below are from the previous run."
+)
+
+
+def status_note(elem_id: str) -> gr.Markdown:
+    """The line that marks a tab's results as previous after a refused request (empty otherwise)."""
+    return gr.Markdown("", elem_id=elem_id, elem_classes=["status-note"])
+
+
+def on_page(handler: Callable, outputs: int) -> Callable:
+    """The page's version of a handler whose results fill `outputs` components, plus one status
+    note: a failure becomes one toast (gr.Warning, titled Error) and leaves every output as it was,
+    with the note saying so; success clears the note. The API keeps the raising version (an
+    AppError carrying the same sentence), registered by api_only."""
+    keep = (gr.skip(),) * outputs
+
+    def toast(error: Exception) -> None:
+        shown = _as_user_error(error)  # logs real faults with their traceback, input errors not at all
+        gr.Warning(shown.message, title="Error")
+
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def generator_page(*args: Any, **kwargs: Any):
+            try:
+                for update in handler(*args, **kwargs):
+                    yield (*update, "")
+            except Exception as error:  # noqa: BLE001 - shown as a toast
+                toast(error)
+                yield (*keep, PREVIOUS_RESULT_NOTE)
+
+        return generator_page
+
+    @functools.wraps(handler)
+    def page(*args: Any, **kwargs: Any):
+        try:
+            return (*handler(*args, **kwargs), "")
+        except Exception as error:  # noqa: BLE001 - shown as a toast
+            toast(error)
+            return (*keep, PREVIOUS_RESULT_NOTE)
+
+    return page
+
+
+def api_only(handler: Callable, inputs: list, outputs: list, api_name: str, **event_kwargs: Any):
+    """The API's event for a handler the page calls through on_page: fired by a trigger no
+    visitor sees, so that gradio_client keeps `api_name`, its parameters, outputs and AppError."""
+    trigger = gr.Button(visible=False, elem_classes=["api-only"])
+    return trigger.click(friendly_errors(handler), inputs, outputs, api_name=api_name,
+                         concurrency_id=api_name, **event_kwargs)
+
+
+def page_and_api(triggers: list, handler: Callable, inputs: list, outputs: list, status: gr.Markdown,
+                 api_name: str, api_description: str = "", **event_kwargs: Any):
+    """Both events of a tab's main action (see on_page and api_only); they share one concurrency
+    group, so the page and the API together stay within the tab's limit. Returns the page's event."""
+    api_only(handler, inputs, outputs, api_name, api_description=api_description, **event_kwargs)
+    return gr.on(triggers, on_page(handler, len(outputs)), inputs, [*outputs, status], api_visibility="private",
+                 concurrency_id=api_name, **event_kwargs)

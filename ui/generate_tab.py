@@ -12,7 +12,8 @@ from biogpt.serving import DECODING_MODES, MAX_SEED, DecodingStopped, Engine, Ge
 
 from . import plots, views
 from .admission import reader_gone
-from .common import PRIVATE, controls_signature, friendly_errors, load_examples, model_dropdown, progress_reporter
+from .common import (PRIVATE, api_only, controls_signature, load_examples, model_dropdown, on_page, page_and_api,
+                     progress_reporter, status_note)
 
 # Each preset sets the decoding controls; the visitor can change any of them afterwards.
 PRESETS = {
@@ -24,6 +25,7 @@ PRESETS = {
     "beam search": dict(mode="beam search", num_beams=5, repetition_penalty=1.0, no_repeat_ngram_size=3),
 }
 DEFAULT_PRESET = "balanced"
+CUSTOM = "custom"  # what the Preset radio shows once a control it sets is edited by hand
 # The free-text controls are GenerationRequest's fields, in its order: that one list names the
 # API's parameters, orders the inputs and builds the request.
 REQUEST_FIELDS = [f.name for f in fields(GenerationRequest)]
@@ -57,7 +59,10 @@ def build_generate_tab(engine: Engine) -> None:
                     with gr.Row():
                         run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                         stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+                    status = status_note("gen-status")
                     tokens = gr.HTML(label="Tokens coloured by probability", elem_id="gen-tokens")
+                    # The newest result of this visitor's run, so that Stop can show exactly it.
+                    latest = gr.State(None)
                     info = gr.Markdown(label="Run summary", elem_id="gen-info")
                     with gr.Accordion("Plain text, to copy", open=False):
                         output = gr.Textbox(label="Generated text (first sample)", lines=3, interactive=False,
@@ -71,8 +76,9 @@ def build_generate_tab(engine: Engine) -> None:
                     gr.Examples([[e["prompt"]] for e in examples["generate"]], inputs=[prompt],
                                 label="Examples (BC5CDR training titles)")
                 with gr.Column(scale=2, elem_classes=["controls"]):
-                    preset = gr.Radio(list(PRESETS), value=DEFAULT_PRESET, label="Preset",
-                                      info="Sets the controls below", elem_id="gen-preset")
+                    preset = gr.Radio([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Preset",
+                                      info="Sets the controls below; shows custom once you change one",
+                                      elem_id="gen-preset")
                     mode = gr.Radio(list(DECODING_MODES), value=defaults.mode, label="Decoding", elem_id="gen-mode")
                     max_new_tokens = gr.Slider(1, limits.max_new_tokens, value=64, step=1, label="Max new tokens",
                                                elem_id="gen-max-new-tokens")
@@ -113,13 +119,17 @@ def build_generate_tab(engine: Engine) -> None:
                 with gr.Column(scale=3):
                     question = gr.Textbox(label="Question", lines=1, elem_id="qa-question")
                     context = gr.Textbox(label="Context (abstract)", lines=6, elem_id="qa-context")
+                    gold = gr.Textbox("", label="Gold answer", info="PubMedQA's label of an example; empty for your own",
+                                      interactive=False, elem_id="qa-gold")
                     with gr.Accordion("Long answer (optional: the reasoning-free setting)", open=False):
                         long_answer = gr.Textbox("", label="Long answer", lines=2, elem_id="qa-long-answer")
                     answer_run = gr.Button("Answer yes / no / maybe", variant="primary", elem_id="qa-run")
-                    gr.Examples([[e["question"], e["context"]] for e in examples["pubmedqa"]],
-                                inputs=[question, context], label="Examples (PubMedQA training set)")
+                    gr.Examples([[e["question"], e["context"], e["label"]] for e in examples["pubmedqa"]],
+                                inputs=[question, context, gold], label="Examples (PubMedQA training set)")
                 with gr.Column(scale=2):
-                    answer = gr.Label(label="Answer", num_top_classes=3, elem_id="qa-answer")
+                    answer_status = status_note("qa-status")
+                    answer = gr.Label(label="Softmax over the three answers (uncalibrated)", num_top_classes=3,
+                                      elem_id="qa-answer")
                     answer_plot = gr.Plot(label="yes / no / maybe", elem_id="qa-plot")
                     answer_info = gr.Markdown(label="Summary", elem_id="qa-info")
                     with gr.Accordion("Prompt sent to the model", open=False):
@@ -145,46 +155,60 @@ def build_generate_tab(engine: Engine) -> None:
                 last_paint = time.monotonic()
                 first = result.samples[0].text
                 if not result.finished:
-                    yield first, views.generation_html(result), views.generation_info(result), gr.skip(), gr.skip()
+                    yield (first, views.generation_html(result), views.generation_info(result), gr.skip(), gr.skip(),
+                           result)
                 else:
                     yield (first, views.generation_html(result), views.generation_info(result),
-                           views.token_rows(result), views.generation_json(result))
+                           views.token_rows(result), views.generation_json(result), result)
         except DecodingStopped:
             return  # nobody is reading
 
     generate.__signature__ = controls_signature(REQUEST_FIELDS, progress=gr.Progress(track_tqdm=True), request=True)
     generate.__annotations__ = {"request": gr.Request}  # gradio finds the request by type hint, not by the signature
-    generate = friendly_errors(generate)
-    generation = gr.on(
-        [run.click, prompt.submit], generate,
-        inputs=[controls[name] for name in REQUEST_FIELDS],
-        outputs=[output, tokens, info, table, raw], api_name="generate",
-        concurrency_limit=generate_concurrency(engine),
-        api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
-                        "a table of token probabilities and the full result as JSON (settings and seed included).",
-    )
+    inputs = [controls[name] for name in REQUEST_FIELDS]
+    outputs = [output, tokens, info, table, raw, latest]
+    api_only(generate, inputs, outputs, "generate", concurrency_limit=generate_concurrency(engine),
+             api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
+                             "a table of token probabilities and the full result as JSON (settings and seed included).")
+    # A new run forgets the previous result first: Stop before its first token shows nothing old.
+    generation = gr.on([run.click, prompt.submit], lambda: None, None, latest, **PRIVATE).then(
+        on_page(generate, len(outputs)), inputs, [*outputs, status], api_visibility="private",
+        concurrency_id="generate", concurrency_limit=generate_concurrency(engine))
     # The message is set in a second step: an update the cancelled stream had already sent could
     # otherwise arrive after it and put "generating" back.
+    def show_stopped(result):
+        """Every pane describes what was generated before Stop, with its seed and settings."""
+        if result is None:
+            return ("", "", "**Stopped before any text was generated** (beam search and several samples show "
+                    "their text only when done).", [], None)
+        return (result.samples[0].text, views.generation_html(result, stopped=True),
+                views.generation_info(result, stopped=True), views.token_rows(result), views.generation_json(result))
+
     stop.click(None, None, None, cancels=[generation], **PRIVATE).then(
-        lambda: "Stopped: the text above is what was generated until then.", None, info, **PRIVATE)
+        show_stopped, latest, [output, tokens, info, table, raw], **PRIVATE)
 
     def apply_preset(name):
-        values = PRESETS[name]
+        values = PRESETS.get(name, {})  # "custom" keeps the controls as they are
         return tuple(gr.update(value=values[key]) if key in values else gr.update() for key in PRESET_FIELDS)
 
     preset.input(apply_preset, preset, [controls[name] for name in PRESET_FIELDS], **PRIVATE)
+    # Editing a control the presets set makes the preset "custom", so that any preset can be chosen again.
+    for name in PRESET_FIELDS:
+        controls[name].input(lambda: CUSTOM, None, preset, **PRIVATE)
 
     def show_mode_controls(chosen_mode):
         return gr.update(visible=chosen_mode == "sampling"), gr.update(visible=chosen_mode == "beam search")
 
     mode.change(show_mode_controls, mode, [sampling_group, beam_group], **PRIVATE)
 
-    @friendly_errors
-    def answer_pubmedqa(question, context, model, long_answer, progress=gr.Progress(track_tqdm=True)):
+    def answer_pubmedqa(question, context, model, long_answer, gold="", progress=gr.Progress(track_tqdm=True)):
         result = engine.answer_pubmedqa(question, context, model=model, long_answer=long_answer,
                                         progress=progress_reporter(progress))
-        return views.answer_confidences(result), plots.answer_chart(result), views.answer_info(result), result.prompt
+        return (views.answer_confidences(result), plots.answer_chart(result, gold), views.answer_info(result, gold),
+                result.prompt)
 
-    gr.on([answer_run.click, question.submit], answer_pubmedqa, inputs=[question, context, model, long_answer],
-          outputs=[answer, answer_plot, answer_info, answer_prompt], api_name="pubmedqa",
-          api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt).")
+    # A question typed by hand has no gold answer.
+    question.input(lambda: "", None, gold, **PRIVATE)
+    page_and_api([answer_run.click, question.submit], answer_pubmedqa, [question, context, model, long_answer, gold],
+                 [answer, answer_plot, answer_info, answer_prompt], answer_status, api_name="pubmedqa",
+                 api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt).")

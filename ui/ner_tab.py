@@ -9,7 +9,7 @@ import gradio as gr
 from biogpt.serving import NER_AGGREGATIONS, Engine
 
 from . import views
-from .common import friendly_errors, load_examples, model_dropdown, progress_reporter
+from .common import load_examples, model_dropdown, on_page, page_and_api, progress_reporter, status_note
 
 AGGREGATION_HELP = (
     "How a word's tag is read from its pieces: auto = the piece the model was trained to tag; "
@@ -28,6 +28,7 @@ def build_ner_tab(engine: Engine) -> None:
             model = model_dropdown(engine, "ner", elem_id="ner-model")
             aggregation = gr.Radio(list(NER_AGGREGATIONS), value="auto", label="Word aggregation",
                                    info=AGGREGATION_HELP, elem_id="ner-aggregation")
+    status = status_note("ner-status")
     highlighted = gr.HTML(label="Highlighted text", elem_id="ner-highlighted")
     info = gr.Markdown(label="Summary", elem_id="ner-info")
     table = gr.Dataframe(headers=views.ENTITY_TABLE_HEADERS, interactive=False, label="Entity table",
@@ -39,20 +40,29 @@ def build_ner_tab(engine: Engine) -> None:
         entities = gr.JSON(label="Entities JSON", elem_id="ner-json")
     gr.Examples([[e["text"]] for e in examples["ner"]], inputs=[text], label="Examples (BC5CDR training abstracts)")
 
-    @friendly_errors
     def find_entities(text, model, aggregation, progress=gr.Progress(track_tqdm=True)):
         result = engine.ner(text, model=model, aggregation=aggregation, progress=progress_reporter(progress))
-        exported = views.entities_json(result)
+        exported = views.entities_json(result, requested_aggregation=aggregation)
+        model_name = result.settings["model"]
         return (
             views.entities_html(result),
             views.ner_info(result),
             views.entity_rows(result),
             exported,
-            views.write_export(json.dumps(exported, ensure_ascii=False, indent=1), ".json"),
-            views.write_export(views.entities_csv(result), ".csv"),
+            views.write_export(json.dumps(exported, ensure_ascii=False, indent=1), ".json", "ner", model_name),
+            views.write_export(views.entities_csv(result), ".csv", "ner", model_name),
         )
 
-    gr.on([run.click, text.submit], find_entities, inputs=[text, model, aggregation],
-          outputs=[highlighted, info, table, entities, json_file, csv_file], api_name="ner",
-          api_description="Chemical and Disease entities: marked-up HTML, a summary, the entity table "
-                          "(text, type, start, end, confidence), the entities as JSON, and JSON and CSV files.")
+    # Spans are read again (cheap) when the aggregation changes, so the radio never disagrees with
+    # what is shown; nothing happens before the first run.
+    def reread(text, model, aggregation, progress=gr.Progress(track_tqdm=True)):
+        if not text.strip():
+            return (gr.skip(),) * 6
+        return find_entities(text, model, aggregation, progress)
+
+    outputs = [highlighted, info, table, entities, json_file, csv_file]
+    aggregation.input(on_page(reread, len(outputs)), inputs=[text, model, aggregation], outputs=[*outputs, status],
+                      api_visibility="private", concurrency_id="ner")
+    page_and_api([run.click, text.submit], find_entities, [text, model, aggregation], outputs, status, api_name="ner",
+                 api_description="Chemical and Disease entities: marked-up HTML, a summary, the entity table "
+                                 "(text, type, start, end, confidence), the entities as JSON, and JSON and CSV files.")

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 ABOVE = "#2f7d4f"  # labels the classifier assigns
 BELOW = "#a9b4c2"  # labels it does not
+LABEL_LINE = 18  # characters per line of a bar's label
 FONT = dict(family="DejaVu Sans, Arial, sans-serif", size=13)
 
 
@@ -27,6 +28,14 @@ def _figure(height: int) -> "go.Figure":
     return figure
 
 
+def wrapped(label: str, width: int = LABEL_LINE) -> str:
+    """A label as escaped lines of about `width` characters: long HoC names would otherwise take the
+    width of a phone's screen from the bars."""
+    import textwrap
+
+    return "<br>".join(visitor_text(line) for line in textwrap.wrap(label, width) or [""])
+
+
 def label_chart(result: ClassificationResult) -> "go.Figure":
     """One horizontal bar per label, most likely on top; the multi-label threshold as a line.
 
@@ -36,10 +45,10 @@ def label_chart(result: ClassificationResult) -> "go.Figure":
     go in escaped, so that `<a href=...>` shows as those characters and not as a link.
     """
     order = sorted(range(len(result.labels)), key=lambda i: result.probabilities[i])
-    labels = [visitor_text(result.labels[i]) for i in order]
+    labels = [wrapped(result.labels[i]) for i in order]
     values = [float(result.probabilities[i]) for i in order]
-    predicted = {visitor_text(label) for label in result.predicted}
-    figure = _figure(height=max(220, 34 * len(labels) + 80))
+    predicted = {wrapped(label) for label in result.predicted}
+    figure = _figure(height=max(240, 40 * len(labels) + 110))
     hover = "%{y}: %{x:.1%}<extra></extra>"
     if result.scores is not None:
         scores = [float(result.scores[i]) for i in order]
@@ -54,25 +63,38 @@ def label_chart(result: ClassificationResult) -> "go.Figure":
     if result.multi_label and result.threshold is not None:
         figure.add_vline(x=result.threshold, line_dash="dash", line_color="#c0392b",
                          annotation_text=f"threshold {result.threshold:g}", annotation_position="top")
-        title = "Probability of each label (independent: multi-label)"
+        title = "Probability of each label<br>(independent: multi-label)"
     elif result.mode == "zero-shot":
-        title = "Relative probability of each candidate label (softmax of log-likelihoods)"
+        title = "Relative probability of each candidate label<br>(softmax of log-likelihoods)"
     else:
         title = "Probability of each label"
-    figure.update_layout(title=dict(text=title, font=dict(size=14)))
+    # Two-line titles sit below the plot's toolbar (top right), which would cover them on a phone.
+    figure.update_layout(title=dict(text=title, font=dict(size=14), y=0.97, yanchor="top"), margin=dict(t=80))
     figure.update_xaxes(range=[0, 1], tickformat=".0%", gridcolor="rgba(128,128,128,0.25)")
     figure.update_yaxes(automargin=True)
     return figure
 
 
-def answer_chart(result: AnswerResult) -> "go.Figure":
-    """PubMedQA's three answers as bars, the chosen one highlighted."""
-    figure = _figure(height=220)
+def answer_chart(result: AnswerResult, gold: str = "") -> "go.Figure":
+    """PubMedQA's three answers by log-likelihood, not by softmax: a softmax over three sums of
+    token log-probabilities turns a lead of a few nats into a 99% bar even when the model knows
+    nothing of the task. Bars of log-likelihood show a near-tie as a near-tie. The gold answer of
+    an example is marked on its tick."""
+    figure = _figure(height=240)
     best = result.best
-    figure.add_bar(x=result.answers, y=[float(p) for p in result.probabilities],
+    names = [f"{a} (gold)" if a == gold else a for a in result.answers]
+    values = [float(v) for v in result.log_likelihoods]
+    floor = min(values) - 1.0  # bars start one nat below the worst answer, so the longest is preferred
+    figure.add_bar(x=[v - floor for v in values], base=floor, y=names, orientation="h", customdata=values,
                    marker_color=[ABOVE if a == best else BELOW for a in result.answers],
-                   text=[f"{p:.1%}" for p in result.probabilities], textposition="auto",
-                   hovertemplate="%{x}: %{y:.1%}<extra></extra>")
-    figure.update_layout(title=dict(text="yes / no / maybe, scored by the model", font=dict(size=14)))
-    figure.update_yaxes(range=[0, 1], tickformat=".0%", gridcolor="rgba(128,128,128,0.25)")
+                   text=[f"{v:.2f}" for v in values], textposition="auto",
+                   hovertemplate="%{y}: log-likelihood %{customdata:.2f}<extra></extra>")
+    trained = "pubmedqa" in str(result.settings.get("model", "")).lower()
+    title = "Log-likelihood of each answer (longer = preferred; not a probability)"
+    if not trained:
+        title += "<br>this model was not trained for PubMedQA: the choice is uninformed"
+    figure.update_layout(title=dict(text=title, font=dict(size=13)), margin=dict(l=10, r=20, t=60, b=30))
+    figure.update_xaxes(range=[floor, max(values) + 0.5], gridcolor="rgba(128,128,128,0.25)",
+                        title_text="log-likelihood (nats)")
+    figure.update_yaxes(automargin=True, autorange="reversed")
     return figure

@@ -11,6 +11,7 @@ import hashlib
 import html
 import io
 import json
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,16 @@ ATTENTION_EXPORT_DIR = Path(tempfile.gettempdir()) / "biogpt-studio-attention-ex
 MAX_ATTENTION_EXPORTS = 16
 ENTITY_COLOURS = {"Chemical": "#c6e3ff", "Disease": "#ffd6c2"}
 FALLBACK_COLOURS = ("#d9f2d0", "#f3d9fa", "#fff2b3", "#d4f4f0")
-TOKEN_TABLE_HEADERS = ["sample", "position", "token", "probability", "top-5 alternatives"]
+# One number format for probabilities everywhere on the page: a percentage with one decimal.
+TOKEN_TABLE_HEADERS = ["sample", "position", "token", "probability %", "top-5 alternatives"]
 ENTITY_TABLE_HEADERS = ["entity", "type", "start", "end", "confidence"]
+LABEL_TABLE_HEADERS = ["label", "probability", "assigned"]
+# What the bundled models are, said beside every result they produce (they are demos, not BioGPT).
+TOY_MODEL_NOTE = (
+    "**Demo model.** `{name}` is a small 4-layer BioGPT trained here for minutes on PubMed text, so that the "
+    "app runs offline: its output shows how the tools work, is not factual and must not be trusted. "
+    "Choose `microsoft/biogpt` in the Model list (needs internet the first time) for the published model."
+)
 
 
 def _escape(text: str) -> str:
@@ -54,6 +63,22 @@ def settings_line(settings: dict[str, Any]) -> str:
     return "`" + " · ".join(s.replace("`", "'") for s in shown) + "`"
 
 
+def model_note(model_name: str) -> str:
+    """A plain-words warning for results of a bundled demo model ("" for published checkpoints)."""
+    if model_name.startswith("bundled"):
+        return TOY_MODEL_NOTE.format(name=_escape(model_name))
+    return ""
+
+
+def _with_note(summary: str, model_name: str) -> str:
+    note = model_note(model_name)
+    return f"{summary}  \n{note}" if note else summary
+
+
+def percent(probability: float) -> str:
+    return f"{float(probability):.1%}"
+
+
 # ----- Generate -------------------------------------------------------------------------------
 
 
@@ -65,11 +90,13 @@ def probability_colour(probability: float) -> str:
 
 
 def _alternatives_text(alternatives: list[tuple[str, float]]) -> str:
-    return ", ".join(f"{token!r} {p:.1%}" for token, p in alternatives)
+    return ", ".join(f"{token!r} {percent(p)}" for token, p in alternatives)
 
 
-def generation_html(result: GenerationResult) -> str:
-    """The samples side by side; each token coloured by its probability, its top-5 on hover."""
+def generation_html(result: GenerationResult, stopped: bool = False) -> str:
+    """The samples side by side; each token coloured by its probability. A token is focusable
+    (Tab, or a tap on a phone) and shows its top-5 when focused or hovered; screen readers read it
+    from aria-label. `stopped`: the visitor stopped the run, so unfinished samples say so."""
     cards = []
     for index, sample in enumerate(result.samples):
         # The continuation is decoded on its own, so it carries no space after the prompt's last word.
@@ -78,9 +105,11 @@ def generation_html(result: GenerationResult) -> str:
         for position, (piece, p, alternatives) in enumerate(zip(sample.token_texts, sample.probabilities, sample.alternatives)):
             if not piece:
                 continue
-            tip = f"token {position + 1}: p={p:.1%}\ntop-5: {_alternatives_text(alternatives[:5])}"
+            tip = f"token {position + 1}: p={percent(p)}\ntop-5: {_alternatives_text(alternatives[:5])}"
             spans.append(
-                f'<span class="tok" style="background:{probability_colour(p)}" title="{_escape(tip)}">{_escape(piece)}</span>'
+                f'<span class="tok" tabindex="0" role="button" style="background:{probability_colour(p)}" '
+                f'title="{_escape(tip)}" data-tip="{_escape(tip)}" aria-label="{_escape(piece.strip() + ". " + tip)}">'
+                f"{_escape(piece)}</span>"
             )
         facts = [f"{len(sample.token_ids)} tokens"]
         if len(sample.probabilities):
@@ -88,7 +117,7 @@ def generation_html(result: GenerationResult) -> str:
         if sample.beam_score is not None:
             facts.append(f"beam score {sample.beam_score:.3f}")
         facts.append({"eos": "ended: end of text", "stop": "ended: stop string", "length": "ended: length limit"}.get(
-            sample.finish_reason or "", "generating…"))
+            sample.finish_reason or "", "stopped by you" if stopped else "generating…"))
         title = f"Sample {index + 1}" if len(result.samples) > 1 else "Continuation"
         cards.append(
             f'<div class="sample-card"><div class="sample-head"><b>{title}</b> · {" · ".join(facts)}</div>'
@@ -99,7 +128,7 @@ def generation_html(result: GenerationResult) -> str:
         f'<span class="tok" style="background:{probability_colour(0.05)}">5%</span> '
         f'<span class="tok" style="background:{probability_colour(0.5)}">50%</span> '
         f'<span class="tok" style="background:{probability_colour(0.95)}">95%</span> '
-        "· hover a token for its top-5 alternatives.</div>"
+        "· hover, tap or Tab to a token for its top-5 alternatives.</div>"
     )
     return f'<div class="samples" style="--columns:{min(len(result.samples), 2)}">{"".join(cards)}</div>{legend}'
 
@@ -111,18 +140,24 @@ def token_rows(result: GenerationResult) -> list[list[Any]]:
             zip(sample.token_ids, sample.token_texts, sample.probabilities, sample.alternatives)
         ):
             shown = piece.strip() or ("</s>" if int(token_id) == 2 else "∅")
-            rows.append([index + 1, position + 1, shown, round(float(p), 4), _alternatives_text(alternatives[:5])])
+            rows.append([index + 1, position + 1, shown, round(100 * float(p), 1), _alternatives_text(alternatives[:5])])
     return rows
 
 
-def generation_info(result: GenerationResult) -> str:
-    if result.finished:
+def generation_info(result: GenerationResult, stopped: bool = False) -> str:
+    """Model, speed and the settings (seed included) that reproduce the result; when `stopped`,
+    it says that the text shown is all that was generated before Stop."""
+    if stopped and not result.finished:
+        speed = (f"**Stopped by you** after {result.new_tokens} tokens in {result.elapsed:.2f} s: "
+                 "the text above is everything that was generated")
+    elif result.finished:
         speed = f"{result.new_tokens} tokens in {result.elapsed:.2f} s · **{result.tokens_per_second:.1f} tokens/s**"
         if result.first_token_seconds is not None:
             speed += f" (first token after {result.first_token_seconds:.2f} s)"
     else:
         speed = f"generating… {result.new_tokens} tokens · **{result.tokens_per_second:.1f} tokens/s**"
-    return f"**{_escape(result.model)}** · {speed}  \nSettings: {settings_line(result.settings)}"
+    summary = f"**{_escape(result.model)}** · {speed}  \nSettings: {settings_line(result.settings)}"
+    return _with_note(summary, result.settings.get("model", ""))
 
 
 def generation_json(result: GenerationResult) -> dict[str, Any]:
@@ -151,12 +186,23 @@ def answer_confidences(result: AnswerResult) -> dict[str, float]:
     return {a: float(p) for a, p in zip(result.answers, result.probabilities)}
 
 
-def answer_info(result: AnswerResult) -> str:
+def answer_margin(result: AnswerResult) -> float:
+    """How far (in nats of log-likelihood) the chosen answer leads the runner-up."""
+    ranked = sorted((float(v) for v in result.log_likelihoods), reverse=True)
+    return ranked[0] - ranked[1]
+
+
+def answer_info(result: AnswerResult, gold: str = "") -> str:
+    """The model's answer beside the gold answer when the question is a PubMedQA example."""
     scores = ", ".join(f"{a}: {s:.2f}" for a, s in zip(result.answers, result.log_likelihoods))
-    return (
-        f"**{_escape(result.model)}** · answer: **{result.best}** · log-likelihoods {scores}  \n"
-        f"Settings: {settings_line(result.settings)}"
+    verdict = f"model's answer: **{result.best}**"
+    if gold:
+        verdict += f" · gold answer: **{_escape(gold)}** ({'agrees' if gold == result.best else 'disagrees'})"
+    summary = (
+        f"**{_escape(result.model)}** · {verdict} · log-likelihoods {scores} "
+        f"(lead {answer_margin(result):.2f} nats)  \nSettings: {settings_line(result.settings)}"
     )
+    return _with_note(summary, result.settings.get("model", ""))
 
 
 # ----- NER ------------------------------------------------------------------------------------
@@ -194,10 +240,14 @@ def entity_rows(result: NerResult) -> list[list[Any]]:
     return [[e.text, e.type, e.start, e.end, round(e.score, 4)] for e in result.entities]
 
 
-def entities_json(result: NerResult) -> dict[str, Any]:
+def entities_json(result: NerResult, requested_aggregation: str = "") -> dict[str, Any]:
+    """The entities with what produced them; "auto" is kept beside the piece it resolved to."""
+    settings = dict(result.settings)
+    if requested_aggregation and requested_aggregation != settings.get("aggregation"):
+        settings["aggregation"] = f"{requested_aggregation} ({settings.get('aggregation')})"
     return {
         "text": result.text,
-        "settings": result.settings,
+        "settings": settings,
         "entities": [
             {"text": e.text, "type": e.type, "start": e.start, "end": e.end, "confidence": round(e.score, 6)}
             for e in result.entities
@@ -226,23 +276,37 @@ def ner_info(result: NerResult) -> str:
     )
 
 
-def write_export(content: str, suffix: str, stem: str = "entities") -> str:
-    """Write an export under a name derived from its content (the same result reuses one file)."""
-    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+def export_name(task: str, model: str, suffix: str, when: float | None = None) -> str:
+    """A download's file name says what it holds: task, model and time, e.g.
+    `ner-bundled-ner-2026-12-01T1718.json` (a model path keeps only its last part)."""
+    import re
+    import time
+
+    model_part = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(model.rstrip("/")).name or "model").strip("-.") or "model"
+    stamp = time.strftime("%Y-%m-%dT%H%M%S", time.localtime(when))
+    return f"{task}-{model_part}-{stamp}{suffix}"
+
+
+def write_export(content: str, suffix: str, task: str = "entities", model: str = "model") -> str:
+    """Write an export in a folder named by its content (the same result reuses one file) under a
+    file name that says what it holds (export_name): the browser's download keeps that name."""
     digest = hashlib.sha1(content.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    path = EXPORT_DIR / f"{stem}-{digest}{suffix}"
-    if not path.exists():
-        files = sorted(EXPORT_DIR.iterdir(), key=lambda f: f.stat().st_mtime)
-        for old in files[: max(0, len(files) - MAX_EXPORT_FILES + 1)]:
-            old.unlink(missing_ok=True)
-        path.write_text(content, encoding="utf-8")
+    folder = EXPORT_DIR / digest
+    existing = sorted(folder.glob(f"*{suffix}")) if folder.is_dir() else []
+    if existing:
+        return str(existing[0])
+    EXPORT_DIR.mkdir(parents=True, exist_ok=True)
+    folders = sorted(EXPORT_DIR.iterdir(), key=lambda f: f.stat().st_mtime)
+    for old in folders[: max(0, len(folders) - MAX_EXPORT_FILES + 1)]:
+        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
+    folder.mkdir(exist_ok=True)
+    path = folder / export_name(task, model, suffix)
+    path.write_text(content, encoding="utf-8")
     return str(path)
 
 
 def export_folder(parent: Path | None = None, keep: int = MAX_ATTENTION_EXPORTS) -> str:
     """A fresh folder under `parent` for one export; the oldest beyond the newest `keep` are removed."""
-    import shutil
-
     parent = Path(parent or ATTENTION_EXPORT_DIR)
     parent.mkdir(parents=True, exist_ok=True)
     folder = tempfile.mkdtemp(prefix="export-", dir=parent)
@@ -274,4 +338,29 @@ def classification_info(result: ClassificationResult) -> str:
         verdict = f"multi-label, threshold **{result.threshold:g}**: {chosen}"
     else:
         verdict = f"predicted: **{_escape(result.predicted[0])}**"
-    return f"**{_escape(result.model)}** · {verdict}  \nSettings: {settings_line(result.settings)}"
+    summary = f"**{_escape(result.model)}** · {verdict}  \nSettings: {settings_line(result.settings)}"
+    return _with_note(summary, result.settings.get("model", ""))
+
+
+def label_rows(result: ClassificationResult) -> list[list[Any]]:
+    """Every label with its probability (a percentage, as on the chart), most likely first."""
+    order = sorted(range(len(result.labels)), key=lambda i: -float(result.probabilities[i]))
+    return [[result.labels[i], round(100 * float(result.probabilities[i]), 1),
+             "yes" if result.labels[i] in result.predicted else "no"] for i in order]
+
+
+def labels_json(result: ClassificationResult) -> dict[str, Any]:
+    return {
+        "text": result.text,
+        "settings": result.settings,
+        "mode": result.mode,
+        "predicted": list(result.predicted),
+        "labels": [{"label": label, "probability": round(float(p), 6)}
+                   for label, p in zip(result.labels, result.probabilities)],
+    }
+
+
+def labels_csv(result: ClassificationResult) -> str:
+    return table_csv(["label", "probability", "assigned"],
+                     [[label, round(float(p), 6), "yes" if label in result.predicted else "no"]
+                      for label, p in zip(result.labels, result.probabilities)])
