@@ -9,6 +9,11 @@
    weights by nature; they are reported apart.
 3. Bytes sent to the browser per view (the plotly JSON) at --tokens and --long tokens, and the
    size of the full attention tensor the browser never receives.
+4. Teaching (issue 16) at --tokens and --long tokens: head roles (the probe's one batched forward
+   against a plain forward with attentions of the same probe, then the cached answer), the
+   ablated analysis of a comparison against a plain forward of the text, a comparison's views
+   once both sides are cached (alignment, attention and statistics differences: view changes,
+   <= 100 ms each), and the formula on one real row. `--teaching-only` runs just this part.
 """
 
 from __future__ import annotations
@@ -61,7 +66,17 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--long", type=int, default=1024)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--teaching-only", action="store_true", help="only part 4 (head roles, side by side, formula)")
     args = parser.parse_args()
+    if args.teaching_only:
+        from biogpt import BioGptForCausalLM
+        from biogpt.tokenizer import BioGptTokenizer
+
+        model = BioGptForCausalLM.from_pretrained(full_size_checkpoint(), device=args.device).eval()
+        tokenizer = BioGptTokenizer.from_pretrained(REPO / "assets" / "tokenizers" / "biogpt")
+        print(f"# Attention teaching benchmark on {machine()}, device {args.device}, microsoft/biogpt shape, random weights\n")
+        teaching_costs(model, tokenizer, args)
+        return
 
     from biogpt import BioGptForCausalLM, interpret
     from biogpt.tokenizer import BioGptTokenizer
@@ -153,6 +168,72 @@ def main() -> None:
         print(f"| {view} | "
               + " | ".join(f"{sizes[t][view][0] / 1024:,.0f} | {1000 * sizes[t][view][1]:.0f}" for t in sizes) + " |")
 
+    teaching_costs(model, tokenizer, args)
+
+
+def teaching_costs(model, tokenizer, args) -> None:
+    """Part 4 (see the module docstring): head roles, side by side and the formula row."""
+    from biogpt import interpret
+
+    engine = interpret.Interpreter(lambda name: (model, tokenizer), default_model="full-random")
+
+    def plain_forward(ids, **kwargs):
+        def run():
+            with torch.inference_mode():
+                out = model(ids, output_attentions=True, use_cache=False, **kwargs)
+                out.logits.sum().item()
+        return run
+
+    repeats = max(args.repeats, 3)
+    print("\n## Teaching (issue 16): head roles, side by side, the formula on one row")
+    roles = engine.head_roles()
+    probe = torch.from_numpy(roles.probe).to(args.device)
+    medians = alternate({"forward": plain_forward(probe), "roles": lambda: interpret.head_roles(model, "x")},
+                        repeats=repeats)
+    cached = timed(lambda: engine.head_roles(), max(repeats, 7))
+    print(f"head roles: probe of {roles.probe.shape[0]} x {roles.probe.shape[1]} tokens, {roles.forwards} forward; "
+          f"{medians['roles']:.3f} s vs a plain forward of the probe with attentions {medians['forward']:.3f} s: "
+          f"ratio {medians['roles'] / medians['forward']:.2f} (target <= 1.5); cached {1000 * cached:.2f} ms")
+    print("\n| tokens | ablated analysis / plain forward (heads 6.4 off) | formula row, first, s | formula row / plain forward |"
+          "\n|---:|---:|---:|---:|")
+    for tokens in (args.tokens, args.long):
+        text = text_of(tokenizer, tokens)
+        ids = torch.tensor([tokenizer(text)["input_ids"]], device=args.device)
+        mask = interpret.head_mask_for([(5, 3)], model.config.num_hidden_layers, model.config.num_attention_heads)
+        mask = mask.to(device=model.device, dtype=model.dtype)
+        medians = alternate({"forward": plain_forward(ids, head_mask=mask),
+                             "ablated": lambda: interpret.analyze(model, tokenizer, text, "x", head_mask=mask)},
+                            repeats=args.repeats)
+        analysis = engine.analyze(text)
+        start = time.perf_counter()
+        engine.attention_row(analysis, 11, 4, tokens - 1)
+        formula = time.perf_counter() - start
+        ratio = medians["ablated"] / medians["forward"]
+        print(f"| {tokens} | {ratio:.2f} | {formula:.2f} | {formula / medians['forward']:.2f} |")
+    compare_view_costs(engine, tokenizer, (args.tokens, args.long), max(repeats, 7))
+
+
+def compare_view_costs(engine, tokenizer, lengths, repeats: int) -> None:
+    """Server time of a comparison's views once both sides are cached: view changes, <= 100 ms.
+
+    Each comparison is timed on its own: at 1,024 tokens one analysis holds 821 MiB, so the default
+    2 GiB cache keeps the two sides of one comparison, not those of two comparisons at once."""
+    print("\n| tokens | two texts: alignment + attention and statistics differences, ms | "
+          "with and without heads 6.4: attention difference (window), ms |\n|---:|---:|---:|")
+    for tokens in lengths:
+        text = text_of(tokenizer, tokens)
+        other = text_of(tokenizer, tokens - 3) + " aspirin"  # a different ending, still within 1,024 positions
+
+        def texts():
+            comparison = engine.compare_texts(text, other)
+            comparison.alignment_sentence()
+            comparison.heatmap_difference(11, 4)
+            comparison.statistics_difference("entropy")
+
+        def ablation():
+            engine.compare_ablation(text, [(5, 3)]).heatmap_difference(5, 3, start=tokens - 200)
+
+        print(f"| {tokens} | {1000 * timed(texts, repeats):.1f} | {1000 * timed(ablation, repeats):.1f} |")
 
 if __name__ == "__main__":
     main()
