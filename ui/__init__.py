@@ -77,7 +77,7 @@ def create_app(engine: Engine) -> gr.Blocks:
 def studio_theme() -> gr.themes.Base:
     """Gradio's Soft theme in teal, with every text colour at least 4.5:1 against its background
     (WCAG AA) in the light and the dark mode: Soft's greys, teal labels and teal buttons measure
-    2.2-3.7:1. The axe-core scan in tests/browser/test_accessibility.py checks it."""
+    2.2-3.7:1. The axe-core scan in tests/browser/test_every_user.py checks it."""
     return gr.themes.Soft(
         primary_hue="teal", secondary_hue="orange",
         font=["DejaVu Sans", "Arial", "sans-serif"], font_mono=["DejaVu Sans Mono", "monospace"],
