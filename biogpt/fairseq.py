@@ -103,6 +103,8 @@ def _numpy_globals() -> list[tuple[Any, str]]:
 
 SAFE_GLOBALS: list[Any] = [
     (argparse.Namespace, "argparse.Namespace"),
+    # omegaconf's metadata names plain types (object_type=dict, element_type=str ...): data, not code.
+    *[(kind, f"builtins.{kind.__name__}") for kind in (dict, list, tuple, set, frozenset, str, int, float, bool)],
     *_numpy_globals(),
     *[(_inert_class(name), name) for name in INERT_NAMES],
 ]

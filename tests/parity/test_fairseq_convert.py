@@ -123,3 +123,44 @@ def test_read_errors_are_sentences(tmp_path, fairseq_folders):
     result = subprocess.run([sys.executable, "-m", "biogpt.cli", "convert", str(broken), str(tmp_path / "o")],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 1 and "same model" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_omegaconf_cfg_is_read_as_data(tmp_path, monkeypatch):
+    """A cfg pickled as omegaconf's DictConfig/AnyNode (names as omegaconf writes them) becomes plain values."""
+    import types
+    import typing
+
+    from biogpt.fairseq import _training_args
+
+    def record_class(module: str, name: str) -> type:
+        cls = type(name, (), {"__getstate__": lambda self: self.__dict__,
+                              "__setstate__": lambda self, state: self.__dict__.update(state)})
+        cls.__module__, cls.__qualname__ = module, name
+        monkeypatch.setitem(sys.modules, module, sys.modules.get(module) or types.ModuleType(module))
+        setattr(sys.modules[module], name, cls)
+        return cls
+
+    for module in ("omegaconf", "omegaconf.dictconfig", "omegaconf.nodes", "omegaconf.base"):
+        monkeypatch.setitem(sys.modules, module, types.ModuleType(module))
+    dict_config = record_class("omegaconf.dictconfig", "DictConfig")
+    any_node = record_class("omegaconf.nodes", "AnyNode")
+    metadata = record_class("omegaconf.base", "ContainerMetadata")
+
+    def container(content: dict):
+        meta = metadata()
+        meta.__dict__.update(ref_type=typing.Any, object_type=dict, key_type=typing.Any, element_type=typing.Any)
+        made = dict_config()
+        made.__dict__.update(_content=content, _metadata=meta, _parent=None)
+        return made
+
+    def node(value):
+        made = any_node()
+        made.__dict__.update(_val=value, _metadata=metadata(), _parent=None)
+        return made
+
+    model = container({"decoder_attention_heads": node(16), "learned_prompt": node(9),
+                       "data": node("../../data/KD-DTI/relis-bin")})
+    torch.save({"cfg": container({"model": model}), "model": {}}, tmp_path / "checkpoint.pt")
+    monkeypatch.undo()  # omegaconf is not importable when the checkpoint is read, as here
+    args = _training_args(safe_load(tmp_path / "checkpoint.pt"))
+    assert args == {"decoder_attention_heads": 16, "learned_prompt": 9, "data": "../../data/KD-DTI/relis-bin"}
