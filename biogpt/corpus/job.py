@@ -15,7 +15,7 @@ import argparse
 import collections
 import itertools
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
 from .readers import BadRecord, Document, count_records, guess_format, read
@@ -38,7 +38,7 @@ class Task:
     fields: tuple[str, ...] = ("text",)  # the JSONL keys each document needs
     output_formats: tuple[str, ...] = ("jsonl", "csv")
     input_formats: tuple[str, ...] = ("text", "jsonl")
-    refusals: tuple[type, ...] = field(default=(ValueError,))  # per-document errors that skip the document
+    refusals: tuple[type, ...] = (ValueError,)  # per-document errors that skip the document
 
 
 def add_arguments(parser: argparse.ArgumentParser, task_formats: tuple[tuple[str, ...], tuple[str, ...]],

@@ -7,6 +7,7 @@ resumed job skips the ids its output already holds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import xml.sax
@@ -59,26 +60,15 @@ def read(path: str, fmt: str, fields: tuple[str, ...] = ("text",)) -> Iterator[R
     source = "-" if path == "-" else path
     if fmt == "bioc":
         stream = sys.stdin.buffer if path == "-" else open(path, "rb")
-        with stream if path != "-" else _keep_open(stream):
+        with contextlib.nullcontext(stream) if path == "-" else stream:  # stdin stays open
             yield from read_bioc(stream, source)
         return
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8", newline="")
-    with stream if path != "-" else _keep_open(stream):
-        reader = {"text": read_text, "jsonl": read_jsonl, "pubtator": read_pubtator}[fmt]
-        yield from reader(stream, source, fields) if fmt == "jsonl" else reader(stream, source)
-
-
-class _keep_open:
-    """A context manager that leaves stdin open."""
-
-    def __init__(self, stream) -> None:
-        self.stream = stream
-
-    def __enter__(self):
-        return self.stream
-
-    def __exit__(self, *exc) -> None:
-        return None
+    with contextlib.nullcontext(stream) if path == "-" else stream:
+        if fmt == "jsonl":
+            yield from read_jsonl(stream, source, fields)
+        else:
+            yield from {"text": read_text, "pubtator": read_pubtator}[fmt](stream, source)
 
 
 def read_text(stream: TextIO, source: str) -> Iterator[Record]:

@@ -18,7 +18,7 @@ import os
 import re
 import sys
 from typing import Any, Callable, TextIO
-from xml.sax.saxutils import escape, quoteattr
+from xml.sax.saxutils import escape, quoteattr, unescape
 
 OUTPUT_FORMATS = ("jsonl", "csv", "pubtator", "bioc")
 NER_ONLY = ("pubtator", "bioc")
@@ -138,10 +138,4 @@ def done_ids(path: str, fmt: str) -> set[str]:
         whole = data[:data.rfind("\n\n") + 2]
         return set(re.findall(r"^(.*?)\|t\|", whole, re.M))
     whole = data[:data.rfind("</document>\n") + len("</document>\n")]
-    return {_unescape(m) for m in re.findall(r"<document><id>(.*?)</id>", whole)}
-
-
-def _unescape(text: str) -> str:
-    from xml.sax.saxutils import unescape
-
-    return unescape(text)
+    return {unescape(m) for m in re.findall(r"<document><id>(.*?)</id>", whole)}

@@ -187,3 +187,13 @@ def test_progress_on_a_terminal_goes_to_stderr_only(tmp_path, capsys, monkeypatc
     captured = capsys.readouterr()
     assert "3/3" in captured.err and "doc/s" in captured.err and "<00:00" in captured.err  # count, rate, ETA
     assert [json.loads(line)["id"] for line in captured.out.splitlines()] == ["0", "1", "2"]  # stdout: data only
+
+
+def test_documents_from_stdin(capsys, monkeypatch, one_thread):
+    from biogpt.cli import main
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Aspirin causes asthma.\n\nCisplatin nephrotoxicity.\n"))
+    assert main(["ner"]) == 0  # no file, no --text: stdin, one document a line (blank lines skipped)
+    results = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in results] == ["1", "3"] and results[1]["text"] == "Cisplatin nephrotoxicity."
+    assert [e["text"] for e in results[1]["entities"]]
