@@ -69,8 +69,10 @@ def create_app(engine: Engine) -> gr.Blocks:
         gr.HTML(header_html(engine), elem_id="studio-header")
         with gr.Tabs(elem_id="studio-tabs"):
             for title, tab_id, build in TABS:
-                with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}"):
-                    build(engine)
+                with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
+                    built = build(engine)
+                if isinstance(built, dict) and "on_open" in built:  # a tab that draws something when opened
+                    built["on_open"](tab.select)
     return demo
 
 

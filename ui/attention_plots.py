@@ -68,6 +68,8 @@ def _layout(fig: go.Figure, title: str, height: int = 640) -> go.Figure:
         template=TEMPLATE, font=dict(family=FONT, size=12), height=height,
         margin=dict(l=90, r=30, t=70, b=90), hoverlabel=dict(font=dict(family=FONT)),
     )
+    fig.update_xaxes(automargin=True)  # long rotated token labels (logit lens, heatmaps) get the room they need
+    fig.update_yaxes(automargin=True)
     return fig
 
 
@@ -105,13 +107,17 @@ def attention_heatmap(
 # ----- 2. overview ----------------------------------------------------------------------------
 
 
-def overview_grid(values: np.ndarray, statistic: str, selected: tuple[int, int] | None = None) -> go.Figure:
-    """A layers x heads grid coloured by one statistic; the selected head is outlined."""
+def overview_grid(values: np.ndarray, statistic: str, selected: tuple[int, int] | None = None,
+                  value_range: tuple[float, float] = (0.0, 1.0)) -> go.Figure:
+    """A layers x heads grid coloured by one statistic on a fixed scale (`value_range`, its ends
+    marked on the colour bar), so that a 0.37 share never looks saturated; the selected head is outlined."""
     layers, heads = values.shape
+    low, high = value_range
     fig = go.Figure(go.Heatmap(
         z=np.asarray(values, np.float32), x=[f"head {h}" for h in range(1, heads + 1)],
-        y=[f"layer {number}" for number in range(1, layers + 1)], colorscale="Viridis",
-        colorbar=dict(title=dict(text=escape(statistic), side="right"), thickness=14),
+        y=[f"layer {number}" for number in range(1, layers + 1)], colorscale="Viridis", zmin=low, zmax=high,
+        colorbar=dict(title=dict(text=f"{escape(statistic)} ({low:g}–{high:.3g})", side="right"), thickness=14,
+                      tickvals=[low, (low + high) / 2, high], ticktext=[f"{low:g}", f"{(low + high) / 2:.3g}", f"{high:.3g}"]),
         texttemplate="%{z:.2f}" if layers * heads <= 400 else None, textfont=dict(size=10),
         hovertemplate="%{y}, %{x}<br>" + escape(statistic) + " %{z:.3f}<extra></extra>",
     ))

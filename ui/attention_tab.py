@@ -54,13 +54,15 @@ EXPLANATIONS = {
     "Hidden states": (
         "The top panel shows how large each token's internal representation (the residual stream) is after every "
         "layer; it usually grows with depth. The bottom panel flattens the traced tokens' representations to "
-        "two dimensions (PCA), so you can watch each one travel from its embedding (circle) to the last layer (star)."
+        "two dimensions (PCA), so you can watch each one travel from its embedding (circle) to the last layer (star). "
+        "The “embeddings” row is the input to layer 1: each token's embedding plus its position's, before any layer."
     ),
     "Logit lens": (
         "Each cell is the token the model would predict next if it stopped at that layer (the final layer norm "
         "and output projection applied early), shaded by its probability; reading down a column you watch the "
         "prediction form, and the last row is the model's real output. Type words in the watch list to follow "
-        "their rank, layer by layer, after the chosen token."
+        "their rank, layer by layer, after the chosen token. The “embeddings” row reads the input itself (token plus "
+        "position embedding, before any layer) through the output head."
     ),
     "Generation replay": (
         "The model continues the text greedily, one token at a time, and the attention is read from that decoding "
@@ -185,11 +187,18 @@ def _heatmap(engine, analysis, c: Controls, layer: int, head: int):
     return figure, table, ""
 
 
+def statistic_range(key: str, length: int) -> tuple[float, float]:
+    """The fixed colour range of a head statistic, so that a colour reads the same in every text:
+    shares 0-1, entropy 0 to ln(length) (attention spread evenly over every token), distance 0 to length - 1."""
+    return {"entropy": (0.0, float(np.log(max(length, 2)))), "distance": (0.0, float(max(length - 1, 1)))}.get(
+        key, (0.0, 1.0))
+
+
 def _overview(engine, analysis, c: Controls, layer: int, head: int):
     key = c.statistic if c.statistic in analysis.STATISTICS else "entropy"
     values = analysis.head_statistics()[key]
     label = analysis.STATISTICS[key]
-    figure = plots.overview_grid(values, label, selected=(layer, head))
+    figure = plots.overview_grid(values, label, selected=(layer, head), value_range=statistic_range(key, analysis.length))
 
     def table() -> dict:
         stats = analysis.head_statistics()
@@ -406,7 +415,6 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                 model_picker = model_dropdown(engine, "generate", "attention-model")
             analyse = gr.Button("Analyse", variant="primary", elem_id="attention-analyse")
     gr.Examples([[e] for e in examples], inputs=[text], label="Examples (from the training splits of BC5CDR and HoC)")
-    summary = gr.Markdown(elem_id="attention-summary")
     view = gr.Radio(list(VIEWS), value="Heatmap", label="View", elem_id="attention-view")
     explanation = gr.Markdown(EXPLANATIONS["Heatmap"], elem_id="attention-explanation")
     with gr.Row(equal_height=False):
@@ -453,7 +461,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                                             info="tokens; 0 = none",
                                             elem_id="attention-continue")
         with gr.Column(scale=3):
-            plot = gr.Plot(show_label=False, elem_id="attention-plot")
+            plot = gr.Plot(label="Attention view", show_label=False, elem_id="attention-plot")
+            # What belongs to this plot (the selected head, the watch list, the continuation) sits under it.
+            summary = gr.Markdown(elem_id="attention-summary")
             download = gr.Button("Download this view's data (CSV + JSON)", size="sm", elem_id="attention-download")
             files = gr.File(label="Data", file_count="multiple", visible=False, elem_id="attention-files")
 
@@ -545,5 +555,13 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
           show_progress="minimal", concurrency_id="attention") \
         .then(limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
     download.click(export, inputs, [files], api_visibility="private", concurrency_id="attention")
-    return {"text": text, "analyse": analyse, "plot": plot, "summary": summary, "explanation": explanation,
+    def on_open(trigger) -> None:
+        """Draw the text already in the box when the tab is opened (the analysis is cached, so later openings
+        only redraw)."""
+        trigger(attention, inputs, outputs, api_visibility="private", show_progress="minimal",
+                concurrency_id="attention").then(
+            limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
+
+    return {"on_open": on_open, "text": text, "analyse": analyse, "plot": plot, "summary": summary,
+            "explanation": explanation,
             "view": view, "layer": layer, "head": head, "model": model_picker}

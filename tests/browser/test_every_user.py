@@ -394,3 +394,21 @@ def test_on_a_phone_every_tab_is_one_tap_away_and_results_fit_the_width(page, ap
         bar_area = page.evaluate("document.querySelector('#cls-chart .js-plotly-plot')._fullLayout._size.w")
         assert bar_area >= 150, f"the bars get {bar_area} px"
         shot(page, "classify-phone")
+
+
+def test_attention_draws_on_open_with_fixed_overview_scales_and_its_notes_under_the_plot(page):
+    page.goto(page.url)  # a fresh visit: nothing analysed in this page yet
+    page.wait_for_selector("#gen-prompt textarea")
+    open_tab(page, "Attention")
+    page.wait_for_selector("#attention-plot .js-plotly-plot", timeout=30_000)  # no click on Analyse
+    plot_box = page.locator("#attention-plot").bounding_box()
+    summary_box = page.locator("#attention-summary").bounding_box()
+    assert summary_box["y"] >= plot_box["y"] + plot_box["height"] - 1, (plot_box, summary_box)
+    assert page.locator("#attention-view").bounding_box()["y"] < plot_box["y"]
+    page.locator("#attention-view label", has_text="Overview").click()
+    page.wait_for_function("document.querySelector('#attention-plot .js-plotly-plot')?.layout.title.text"
+                           ".includes('of every head')", timeout=30_000)
+    trace = page.evaluate("(() => { const d = document.querySelector('#attention-plot .js-plotly-plot').data[0]; "
+                          "return [d.zmin, d.zmax, d.colorbar.title.text]; })()")
+    assert trace[0] == 0 and trace[1] > 0 and "–" in trace[2], trace
+    shot(page, "attention-overview-desktop")
