@@ -10,8 +10,6 @@ so callers never touch torch. Nothing here imports gradio or plotly.
 
 from __future__ import annotations
 
-import itertools
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator
 
 from . import generating, scoring, tagging
@@ -106,42 +104,15 @@ class Engine(ModelRegistry):
         """Entity spans with confidences; `aggregation` says how a word's tag is read from its
         pieces ("auto": as the model was trained). See biogpt.serving.tagging.ner."""
         text = clean_text(text, "text", self.limits.max_document_chars)
-        if aggregation not in tagging.NER_AGGREGATIONS:
-            raise InputError(f"Aggregation must be one of {', '.join(tagging.NER_AGGREGATIONS)}, got {aggregation!r}.")
+        tagging.check_aggregation(aggregation)
         return tagging.ner(self.load(model, "ner", progress), text, aggregation, self.limits)
 
     def ner_many(self, texts: Iterable[str], model: str = "bundled-ner", aggregation: str = "auto",
                  batch_docs: int = 32, batch_rows: int = 8) -> Iterator[NerResult | InputError]:
-        """`ner` over many texts, in order: one result, or the InputError refusing that text, per text.
-
-        Texts go `batch_docs` at a time through the model (their windows `batch_rows` at a time,
-        sorted by length); the next batch is tokenized in a thread while this one computes.
-        Equal to calling `ner` on each text (within float rounding; tests/cli/test_corpus_cli.py).
-        """
-        if aggregation not in tagging.NER_AGGREGATIONS:
-            raise InputError(f"Aggregation must be one of {', '.join(tagging.NER_AGGREGATIONS)}, got {aggregation!r}.")
-        loaded = self.load(model, "ner")
-
-        def prepare(chunk: list[str]) -> list[tagging.NerPrepared | InputError]:
-            prepared = []
-            for text in chunk:
-                try:
-                    prepared.append(tagging.ner_prepare(loaded, clean_text(text, "text", self.limits.max_document_chars),
-                                                        self.limits))
-                except InputError as refusal:
-                    prepared.append(refusal)
-            return prepared
-
-        remaining = iter(texts)
-        chunks = iter(lambda: list(itertools.islice(remaining, batch_docs)), [])  # until an empty chunk
-        with ThreadPoolExecutor(1, thread_name_prefix="ner-tokenize") as tokenizing:
-            pending = next((tokenizing.submit(prepare, chunk) for chunk in chunks), None)
-            while pending is not None:
-                prepared = pending.result()
-                pending = next((tokenizing.submit(prepare, chunk) for chunk in chunks), None)
-                ready = [p for p in prepared if not isinstance(p, InputError)]
-                computed = iter(tagging.ner_compute(loaded, ready, aggregation, batch_rows) if ready else [])
-                yield from (p if isinstance(p, InputError) else next(computed) for p in prepared)
+        """`ner` over many texts, in order: one result, or the InputError refusing that text, per
+        text; batched (biogpt.serving.tagging.ner_many) and equal to calling `ner` on each."""
+        tagging.check_aggregation(aggregation)
+        return tagging.ner_many(self.load(model, "ner"), texts, aggregation, self.limits, batch_docs, batch_rows)
 
     def classify(self, text: str, model: str = "bundled-hoc", progress: ProgressCallback | None = None) -> ClassificationResult:
         """The checkpoint's own labels; multi-label checkpoints use the threshold in their config."""

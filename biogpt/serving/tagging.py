@@ -3,17 +3,24 @@ sequence-classification model. Span reading itself lives in biogpt.ner, shared w
 
 from __future__ import annotations
 
+import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
 from .registry import LoadedModel, require_trained_head
 from .results import ClassificationResult, Entity, NerResult
-from .validation import InputError, Limits
+from .validation import InputError, Limits, clean_text
 
 NER_AGGREGATIONS = ("auto", "first", "last", "average", "max")
+
+
+def check_aggregation(aggregation: str) -> None:
+    if aggregation not in NER_AGGREGATIONS:
+        raise InputError(f"Aggregation must be one of {', '.join(NER_AGGREGATIONS)}, got {aggregation!r}.")
 
 
 def ner(loaded: LoadedModel, text: str, aggregation: str, limits: Limits) -> NerResult:
@@ -83,6 +90,35 @@ def ner_compute(loaded: LoadedModel, prepared: list[NerPrepared], aggregation: s
             num_tokens=len(one.document.ids), elapsed=one.seconds + share,
         ))
     return results
+
+
+def ner_many(loaded: LoadedModel, texts: Iterable[str], aggregation: str, limits: Limits, batch_docs: int = 32,
+             batch_rows: int = 8) -> Iterator[NerResult | InputError]:
+    """`ner` over many texts, in order: one result, or the InputError refusing that text, per text.
+
+    Texts go `batch_docs` at a time through the model (their windows `batch_rows` at a time,
+    sorted by length: `ner_compute`); the next batch is tokenized in a thread while this one
+    computes. Equal to `ner` on each text within float rounding (tests/cli/test_corpus_cli.py).
+    """
+    def prepare(chunk: list[str]) -> list[NerPrepared | InputError]:
+        prepared = []
+        for text in chunk:
+            try:
+                prepared.append(ner_prepare(loaded, clean_text(text, "text", limits.max_document_chars), limits))
+            except InputError as refusal:
+                prepared.append(refusal)
+        return prepared
+
+    remaining = iter(texts)
+    chunks = iter(lambda: list(itertools.islice(remaining, batch_docs)), [])  # until an empty chunk
+    with ThreadPoolExecutor(1, thread_name_prefix="ner-tokenize") as tokenizing:
+        pending = next((tokenizing.submit(prepare, chunk) for chunk in chunks), None)
+        while pending is not None:
+            prepared = pending.result()
+            pending = next((tokenizing.submit(prepare, chunk) for chunk in chunks), None)
+            ready = [p for p in prepared if not isinstance(p, InputError)]
+            computed = iter(ner_compute(loaded, ready, aggregation, batch_rows) if ready else [])
+            yield from (p if isinstance(p, InputError) else next(computed) for p in prepared)
 
 
 def _entity_types(loaded: LoadedModel) -> list[str]:
