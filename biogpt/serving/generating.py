@@ -95,7 +95,7 @@ def _stream_results(loaded, prompt, events, settings) -> Iterator[GenerationResu
     text = ""
     token_ids: list[int] = []
     probabilities: list[float] = []
-    alternatives: list[list[tuple[str, float]]] = []
+    alternatives: list[list[tuple[str, float, int]]] = []
     try:
         for event in events:
             if first_token is None:
@@ -103,7 +103,7 @@ def _stream_results(loaded, prompt, events, settings) -> Iterator[GenerationResu
             text += event.text
             token_ids.append(event.token_id)
             probabilities.append(math.exp(event.logprob))
-            alternatives.append(listed_alternatives(loaded, event.alternatives))
+            alternatives.append(listed_choices(loaded, event.alternatives))
             sample = _sample(loaded, text, token_ids, probabilities, alternatives, event.finish_reason)
             yield GenerationResult(
                 prompt=prompt, samples=[sample], settings=settings, model=loaded.describe(),
@@ -136,7 +136,7 @@ def _generate_all(loaded, prompt, ids, kwargs, settings, beam_turns, should_stop
     elapsed = time.perf_counter() - started
     samples = [
         _sample(loaded, s.text, s.token_ids, [math.exp(v) for v in s.token_logprobs],
-                [listed_alternatives(loaded, step) for step in s.alternatives],
+                [listed_choices(loaded, step) for step in s.alternatives],
                 s.finish_reason, s.beam_score)
         for s in sequences
     ]
@@ -154,9 +154,14 @@ ALTERNATIVES_ASKED = 10  # more than shown, so that five remain once specials an
 
 
 def listed_alternatives(loaded, choices) -> list[tuple[str, float]]:
-    """The candidates a visitor is shown at one step, best first: special tokens only with real
-    probability, and each surface once (two ids can read the same, e.g. a word and its word-end
-    form); the first, most likely, of them stands for it."""
+    """The candidates a visitor is shown at one step, best first, as (surface, probability)."""
+    return [(surface, probability) for surface, probability, _ in listed_choices(loaded, choices)]
+
+
+def listed_choices(loaded, choices) -> list[tuple[str, float, int]]:
+    """The candidates a visitor is shown at one step, best first, with their token ids (what a
+    branch forces): special tokens only with real probability, and each surface once (two ids can
+    read the same, e.g. a word and its word-end form); the first, most likely, of them stands for it."""
     special = set(loaded.tokenizer.all_special_ids)
     listed, seen = [], set()
     for choice in choices:
@@ -166,19 +171,21 @@ def listed_alternatives(loaded, choices) -> list[tuple[str, float]]:
         if surface in seen:
             continue
         seen.add(surface)
-        listed.append((surface or choice.token, choice.probability))
+        listed.append((surface or choice.token, choice.probability, int(choice.token_id)))
         if len(listed) == ALTERNATIVES_SHOWN:
             break
     return listed
 
 
-def _sample(loaded, text, token_ids, probabilities, alternatives, finish_reason, beam_score=None) -> GeneratedText:
+def _sample(loaded, text, token_ids, probabilities, choices, finish_reason, beam_score=None) -> GeneratedText:
+    """`choices`: each step's listed (surface, probability, token id)."""
     return GeneratedText(
         text=text,
         token_ids=np.asarray(token_ids, dtype=np.int64),
         token_texts=align_tokens(text, [loaded.surface(i) for i in token_ids]),
         probabilities=np.asarray(probabilities, dtype=np.float32),
-        alternatives=list(alternatives),
+        alternatives=[[(surface, p) for surface, p, _ in step] for step in choices],
         finish_reason=finish_reason,
         beam_score=beam_score,
+        alternative_ids=[[token_id for _, _, token_id in step] for step in choices],
     )

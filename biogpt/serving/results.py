@@ -3,7 +3,7 @@ a test, or a script) never touches torch."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,8 @@ class GeneratedText:
     alternatives: list[list[tuple[str, float]]]  # top candidates at each step, best first
     finish_reason: str | None = None  # "length" | "eos" | "stop"; None while streaming
     beam_score: float | None = None
+    # The token id of each listed alternative, parallel to `alternatives`: what a branch forces.
+    alternative_ids: list[list[int]] = field(default_factory=list)
 
 
 @dataclass
