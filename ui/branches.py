@@ -38,7 +38,7 @@ class Branch:
 class BranchTree:
     """The runs a visitor branched from one generation; `current` is the one shown."""
 
-    request: GenerationRequest  # the first run's request, its drawn seed filled in: every branch's settings
+    request: GenerationRequest  # the first run's request (its drawn seed included): every branch's settings
     branches: list[Branch] = field(default_factory=list)
     current: int = 1
 
@@ -53,22 +53,58 @@ class BranchTree:
         return self.branch(self.current)
 
 
-def branching_problem(request: GenerationRequest, result: GenerationResult) -> str:
+def request_of(result: GenerationResult) -> GenerationRequest:
+    """The request that reproduces `result`, read from its settings (which name the seed it drew)."""
+    names = {f.name for f in dataclasses.fields(GenerationRequest)} - {"prompt"}
+    settings = result.settings
+    return GenerationRequest(prompt=result.prompt, **{k: v for k, v in settings.items() if k in names})
+
+
+def branching_problem(result: GenerationResult) -> str:
     """Why this result cannot be branched ("" when it can): branches continue one greedy or sampled sequence."""
-    if request.mode == "beam search":
-        return "Beam search cannot continue from a chosen token (it keeps and reranks several sequences); " \
-               "generate with greedy or sampling to branch."
+    if result.settings.get("mode") == "beam search":
+        return ("Beam search cannot continue from a chosen token (it keeps and reranks several sequences); "
+                "generate with greedy or sampling to branch.")
     if len(result.samples) != 1:
         return "Branching continues one sequence: generate with Sequences 1 to branch."
+    if not len(result.samples[0].token_ids):
+        return "This run has no tokens to branch from yet."
     return ""
 
 
-def start_tree(request: GenerationRequest, result: GenerationResult) -> BranchTree:
-    """A new tree whose first run is `result`. The seed the run drew (settings["seed"]) replaces a
-    random one (None or -1), so every branch continues from the same random state."""
-    seed = result.settings.get("seed")
-    fixed = dataclasses.replace(request, seed=seed if seed is not None else request.seed)
-    return BranchTree(request=fixed, branches=[Branch(1, None, "1 · first run", None, [], result)], current=1)
+def start_tree(result: GenerationResult) -> BranchTree:
+    """A new tree whose first run is `result`; every branch reuses its settings and the seed it drew,
+    so each continues from the same random state."""
+    problem = branching_problem(result)
+    if problem:
+        raise ValueError(problem)
+    return BranchTree(request=request_of(result), branches=[Branch(1, None, "1 · first run", None, [], result)])
+
+
+def tree_for(tree: BranchTree | None, latest: GenerationResult | None) -> BranchTree:
+    """The page's tree for the newest run `latest`: the same tree while it is its first run, a new one after."""
+    if latest is None:
+        raise ValueError("Generate a text first, then open one of its tokens to branch from it.")
+    if tree is not None:
+        first = tree.branches[0].result
+        if first.settings == latest.settings and first.prompt == latest.prompt and \
+                first.samples[0].token_ids.tolist() == latest.samples[0].token_ids.tolist():
+            return tree
+    return start_tree(latest)
+
+
+def explain_target(tree: BranchTree, position: int) -> dict[str, Any]:
+    """What "Explain this token" hands the Attention tab: the shown branch's whole text (prompt and
+    continuation, as the Generate tab shows it), the character where token `position` starts, and
+    the token. The tab re-reads that text; the token starting at that character is explained."""
+    sample = tree.shown.sample
+    position = _checked_position(sample, position)
+    prompt = tree.request.prompt
+    joiner = " " if prompt[-1:].strip() and sample.text[:1].isalnum() else ""  # as views.generation_html joins them
+    before = prompt + joiner + "".join(sample.token_texts[:position])
+    piece = sample.token_texts[position]
+    start = len(before) + len(piece) - len(piece.lstrip())
+    return {"text": prompt + joiner + sample.text, "char": start, "token": piece.strip(), "token_number": position + 1}
 
 
 def choices_at(tree: BranchTree, position: int) -> list[tuple[str, int]]:
@@ -95,6 +131,21 @@ def branch_request(tree: BranchTree, forced: list[int]) -> GenerationRequest:
     """The first run's request (same seed and settings); Max new tokens grows to fit the forced
     tokens (they count in it) only when it must."""
     return dataclasses.replace(tree.request, max_new_tokens=max(int(tree.request.max_new_tokens), len(forced)))
+
+
+def parse_forced_ids(value: Any) -> list[int]:
+    """The API's forced_token_ids: a list of whole numbers, or text such as "[5, 17]" or "5, 17"."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = json.loads(text if text.startswith("[") else f"[{text}]")
+        except ValueError:
+            raise ValueError("forced_token_ids must be whole numbers, e.g. [1901, 7, 42] or 1901, 7, 42.") from None
+    if not isinstance(value, list) or any(isinstance(t, bool) or not isinstance(t, int) for t in value):
+        raise ValueError("forced_token_ids must be whole numbers, e.g. [1901, 7, 42] or 1901, 7, 42.")
+    return value
 
 
 def add_branch(tree: BranchTree, position: int, forced: list[int], result: GenerationResult) -> Branch:

@@ -43,9 +43,9 @@ def test_alternatives_carry_their_token_ids(engine):
 def test_branch_twice_switch_and_export_reproduce_each_branch(engine):
     request = GenerationRequest(prompt="Aspirin is used to", mode="sampling", seed=-1, max_new_tokens=10)
     first = _last(engine.generate(request))
-    tree = branches.start_tree(request, first)
+    tree = branches.tree_for(None, first)
     assert tree.request.seed == first.settings["seed"] != -1
-    assert branches.branching_problem(request, first) == ""
+    assert branches.branching_problem(first) == ""
 
     choices = branches.choices_at(tree, 3)
     assert choices and all(token_id != int(first.samples[0].token_ids[3]) for _, token_id in choices)
@@ -61,6 +61,11 @@ def test_branch_twice_switch_and_export_reproduce_each_branch(engine):
     assert [number for _, number in branches.branch_labels(tree)] == [1, 2, 3] and tree.current == 3
     tree.current = 1
     assert tree.shown.sample.text == first.samples[0].text
+    assert branches.tree_for(tree, first) is tree  # the same first run keeps its tree
+    tree.current = 3
+    target = branches.explain_target(tree, 6)
+    assert target["text"].startswith(request.prompt) and target["text"].endswith(third.sample.text)
+    assert target["text"][target["char"]:].startswith(target["token"]) and target["token_number"] == 7
 
     exported = json.loads(branches.export_json(tree))
     assert [b["forced_token_ids"] for b in exported["branches"]] == [[], second.forced_token_ids, third.forced_token_ids]
@@ -77,7 +82,7 @@ def test_branch_twice_switch_and_export_reproduce_each_branch(engine):
 def test_the_tree_is_bounded_and_refusals_are_sentences(engine):
     request = GenerationRequest(prompt="Aspirin is used to", mode="greedy", max_new_tokens=4)
     first = _last(engine.generate(request))
-    tree = branches.start_tree(request, first)
+    tree = branches.start_tree(first)
     with pytest.raises(ValueError, match="there is no token 9"):
         branches.choices_at(tree, 8)
     with pytest.raises(ValueError, match="Open a generated token first"):
@@ -89,5 +94,13 @@ def test_the_tree_is_bounded_and_refusals_are_sentences(engine):
         tree.current = 1
     with pytest.raises(ValueError, match=f"at most {branches.MAX_BRANCHES} branches"):
         branches.forced_ids(tree, 0, 5)
-    beam = GenerationRequest(prompt="Aspirin", mode="beam search")
-    assert "Beam search cannot continue" in branches.branching_problem(beam, first)
+    beam = _last(engine.generate(GenerationRequest(prompt="Aspirin", mode="beam search", num_beams=2, max_new_tokens=2)))
+    with pytest.raises(ValueError, match="Beam search cannot continue"):
+        branches.tree_for(tree, beam)
+    with pytest.raises(ValueError, match="Generate a text first"):
+        branches.tree_for(tree, None)
+    assert branches.parse_forced_ids("[5, 17]") == branches.parse_forced_ids("5, 17") == [5, 17]
+    assert branches.parse_forced_ids("") == branches.parse_forced_ids(None) == []
+    for bad in ("5, x", "[1.5]", [True], "{}"):
+        with pytest.raises(ValueError, match="whole numbers"):
+            branches.parse_forced_ids(bad)
