@@ -25,6 +25,7 @@ from . import http_guard
 from .http_guard import StudioBlocks
 from .ner_tab import build_ner_tab
 from .tasks_tab import build_tasks_tab
+from .teach_tab import build_teach_tab
 
 DISCLAIMER = (
     "This is a research and teaching tool. Language models write fluent text that can be wrong; "
@@ -39,6 +40,7 @@ TABS: list[tuple[str, str, Callable[[Engine], None]]] = [
     ("Classify", "classify", build_classify_tab),
     ("Attention", "attention", build_attention_tab),
     ("Tasks", "tasks", build_tasks_tab),
+    ("Teach", "teach", build_teach_tab),
 ]
 
 
