@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from tests.browser.test_every_user import axe_serious
 from tests.helpers import artifacts_dir, chromium_page
 
 
@@ -75,6 +76,9 @@ def test_compare_two_texts_side_by_side(page):
     alignment = page.input_value("#teach-alignment textarea")
     assert "Aspirin" in alignment or "Ibuprofen" in alignment or "Ibu" in alignment, alignment
     page.screenshot(path=str(artifacts_dir() / "teach-compare.png"), full_page=True)
+    page.get_by_text("Glossary", exact=True).click()
+    page.get_by_text("q · k / sqrt(d)").first.wait_for()
+    assert not axe_serious(page)  # every panel open, filled: no serious accessibility violation
 
 
 def test_the_downloaded_report_renders_offline(page, tmp_path):
