@@ -104,3 +104,19 @@ def test_the_tree_is_bounded_and_refusals_are_sentences(engine):
     for bad in ("5, x", "[1.5]", [True], "{}"):
         with pytest.raises(ValueError, match="whole numbers"):
             branches.parse_forced_ids(bad)
+
+
+def test_explain_finds_the_generated_token_in_the_attention_tabs_reading(engine):
+    from ui.branch_panel import position_at
+
+    first = _last(engine.generate(GenerationRequest(prompt="Naloxone reverses the", mode="greedy", max_new_tokens=8)))
+    tree = branches.start_tree(first)
+    for number in range(8):
+        target = branches.explain_target(tree, number)
+        if not target["token"]:
+            continue
+        analysis = engine.analyze(target["text"])
+        position = position_at(analysis.offsets, target["char"])
+        start, end = analysis.offsets[position]
+        assert target["text"][start:].startswith(target["token"][:end - start]) and start == target["char"]
+    assert position_at([(0, 0), (0, 3), (4, 9)], 4) == 2 and position_at([(0, 0), (0, 3)], 7) == 2
