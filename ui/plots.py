@@ -45,9 +45,9 @@ def label_chart(result: ClassificationResult) -> "go.Figure":
     go in escaped, so that `<a href=...>` shows as those characters and not as a link.
     """
     order = sorted(range(len(result.labels)), key=lambda i: result.probabilities[i])
-    labels = [wrapped(result.labels[i]) for i in order]
+    labels = [visitor_text(result.labels[i]) for i in order]
     values = [float(result.probabilities[i]) for i in order]
-    predicted = {wrapped(label) for label in result.predicted}
+    predicted = {visitor_text(label) for label in result.predicted}
     figure = _figure(height=max(240, 40 * len(labels) + 110))
     hover = "%{y}: %{x:.1%}<extra></extra>"
     if result.scores is not None:
@@ -71,7 +71,8 @@ def label_chart(result: ClassificationResult) -> "go.Figure":
     # Two-line titles sit below the plot's toolbar (top right), which would cover them on a phone.
     figure.update_layout(title=dict(text=title, font=dict(size=14), y=0.97, yanchor="top"), margin=dict(t=80))
     figure.update_xaxes(range=[0, 1], tickformat=".0%", gridcolor="rgba(128,128,128,0.25)")
-    figure.update_yaxes(automargin=True)
+    # The bars keep the labels as data; the axis shows them wrapped, so long names leave a phone's width to the bars.
+    figure.update_yaxes(automargin=True, tickvals=labels, ticktext=[wrapped(result.labels[i]) for i in order])
     return figure
 
 
