@@ -14,7 +14,7 @@ from typing import Callable
 
 import gradio as gr
 
-from biogpt.serving import Engine, GenerationResult
+from biogpt.serving import DecodingStopped, Engine, GenerationResult
 from biogpt.serving.requests import ForcedPrefix
 
 from . import branches, views
@@ -86,6 +86,9 @@ EXPLAIN_JS = """
   fill();
 }
 """
+
+
+RESULT_PANES = 5  # what a result fills in the Generate tab: text, tokens, summary, token table, JSON
 
 
 def position_at(offsets: list[tuple[int, int]], char: int) -> int:
@@ -163,8 +166,11 @@ def build_branch_panel(engine: Engine, latest: gr.State) -> Callable[[list[gr.Co
         results = engine.generate(branches.branch_request(current, forced), should_stop=reader_gone(request),
                                   forced=ForcedPrefix(token_ids=forced))
         final = None
-        for final in results:
-            pass
+        try:
+            for final in results:
+                pass
+        except DecodingStopped:
+            return (gr.skip(),) * (RESULT_PANES + 3)  # nobody is reading
         branches.add_branch(current, position, forced, final)
         return (*shown_outputs(current, final), export_file(current))
 
@@ -172,7 +178,7 @@ def build_branch_panel(engine: Engine, latest: gr.State) -> Callable[[list[gr.Co
 
     def switch(current, number):
         if current is None or number is None or number == "":
-            return (gr.skip(),) * 7
+            return (gr.skip(),) * (RESULT_PANES + 2)
         # A typed label ("2 · token 4: ...") names its branch by its first number.
         chosen = number.split("·")[0].strip() if isinstance(number, str) else number
         current.current = current.branch(_whole(chosen, "Choose a branch from the list.")).number
@@ -186,6 +192,7 @@ def build_branch_panel(engine: Engine, latest: gr.State) -> Callable[[list[gr.Co
         return current, target
 
     def wire(shown: list[gr.Component]) -> None:
+        assert len(shown) == RESULT_PANES, "text, tokens HTML, summary, token table, JSON"
         token.change(on_page(open_token, 3), [tree, latest, token], [tree, alternative, opened, branch_status],
                      **PRIVATE)
         go.click(on_page(continue_with, len(shown) + 3), [tree, latest, token, alternative],
