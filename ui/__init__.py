@@ -69,12 +69,14 @@ def create_app(engine: Engine) -> gr.Blocks:
     # StudioBlocks: every API input is checked first and a bad one is answered with a sentence.
     with StudioBlocks(title="BioGPT Studio", delete_cache=(3600, 3600)) as demo:
         gr.HTML(header_html(engine), elem_id="studio-header")
-        with gr.Tabs(elem_id="studio-tabs"):
+        with gr.Tabs(elem_id="studio-tabs") as tabs:
             for title, tab_id, build in TABS:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
                     built = build(engine)
                 if isinstance(built, dict) and "on_open" in built:  # a tab that draws something when opened
                     built["on_open"](tab.select)
+                if isinstance(built, dict) and "on_load" in built:  # a tab that restores a shared link
+                    built["on_load"](demo.load, tabs)
     return demo
 
 

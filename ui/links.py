@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode
 
-TABS = ("generate", "ner", "classify", "attention")
+TABS = ("generate", "ner", "classify", "attention", "teach")
 MAX_QUERY_CHARS = 6_000  # the stated limit of a link's query string
 MAX_TEXT_CHARS = 20_000  # what a decoded text may hold (the engine's longest input)
 RESERVED = ("tab", "text", "z")  # keys of the link itself; a setting may not be called so

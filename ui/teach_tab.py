@@ -20,7 +20,7 @@ import pandas as pd
 
 from biogpt.interpret import ROLES
 from ui import attention_plots as plots
-from ui import attention_tab, glossary, lessons, views
+from ui import attention_tab, glossary, lessons, link_wiring, views
 from ui.attention_tab import Controls, render_view
 from ui.common import controls_signature, model_dropdown, on_page, page_and_api, status_note
 from ui.report import ReportSection, build_report
@@ -192,7 +192,7 @@ def build_teach_tab(engine) -> dict[str, Any]:
             roles_frame = gr.Dataframe(interactive=False, label="Every head", max_height=420, elem_id="teach-roles-table")
         head_plot = gr.Plot(show_label=False, elem_id="teach-head-plot")
 
-    with gr.Accordion("Side by side", open=False, elem_id="teach-compare"):
+    with gr.Accordion("Side by side", open=False, elem_id="teach-compare") as compare_box:
         gr.Markdown("Compare the text above with a second text, with a second model, or with heads switched off "
                     "(one of the three). The difference is A − B on the tokens that align.")
         with gr.Row():
@@ -219,6 +219,7 @@ def build_teach_tab(engine) -> dict[str, Any]:
         gr.Markdown(glossary.glossary_markdown())
 
     with gr.Row():
+        link_wiring.copy_link_button("teach-copy-link")
         report_button = gr.Button("Download report", elem_id="teach-report")
         report_file = gr.File(label="Report", visible=False, elem_id="teach-report-file")
 
@@ -288,4 +289,26 @@ def build_teach_tab(engine) -> dict[str, Any]:
                        concurrency_id="head_roles")
     report_button.click(on_page(report_handler, 1), [text, model, sections], [report_file, status],
                         api_visibility="private", concurrency_id="lesson")
-    return {"text": text, "model": model, "lesson": lesson, "lesson_plot": lesson_plot}
+    # Shareable links: the URL follows the lesson and the comparison's controls; a link opens them again.
+    link_controls = {"model": model, "lesson": lesson, "other_text": other_text, "other_model": other_model,
+                     "heads_off": heads_off, "view": compare_view, "layer": layer, "head": head}
+    link_defaults = {name: component.value for name, component in link_controls.items()}
+    link_wiring.track("teach", text, link_controls, link_defaults)
+    drawn = [lesson_plot, lesson_text, lesson_table, plot_a, plot_b, plot_difference, alignment, compare_box]
+
+    def draw_link(text_value, settings):
+        """The lesson a link names and the comparison it describes, each drawn as its panel draws it."""
+        lesson_part = compare_part = None
+        if settings["lesson"]:
+            prepared, result = open_lesson(engine, settings["lesson"])
+            lesson_part = (result.figure, lesson_markdown(prepared), pd.DataFrame(prepared.table))
+        if settings["other_text"] or settings["other_model"] or settings["heads_off"]:
+            controls = Controls(layer=int(settings["layer"] or 1), head=int(settings["head"] or 1))
+            compare_part = compare_views(engine, text_value, settings["other_text"], settings["model"],
+                                         settings["other_model"], settings["heads_off"], settings["view"], controls)
+        compare_part = (*compare_part, gr.Accordion(open=True)) if compare_part else (gr.skip(),) * 5
+        return (*(lesson_part or (gr.skip(),) * 3), *compare_part)
+
+    on_load = link_wiring.restore_on_load("teach", text, link_controls, link_defaults, draw_link, drawn,
+                                          concurrency_id="lesson")
+    return {"on_load": on_load, "text": text, "model": model, "lesson": lesson, "lesson_plot": lesson_plot}
