@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ui import attention_plots as plots
-from ui import views
+from ui import glossary, views
 
 VIEWS = ("Heatmap", "Overview", "Token links", "Hidden states", "Logit lens", "Generation replay", "Ablation")
 AGGREGATE_CHOICES = [
@@ -395,6 +395,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     """
     import gradio as gr
 
+    from ui.attribution_panel import build_attribution_panel
     from ui.common import controls_signature, friendly_errors, model_dropdown
 
     layers0, heads0 = _model_shape(engine)
@@ -417,6 +418,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     gr.Examples([[e] for e in examples], inputs=[text], label="Examples (from the training splits of BC5CDR and HoC)")
     view = gr.Radio(list(VIEWS), value="Heatmap", label="View", elem_id="attention-view")
     explanation = gr.Markdown(EXPLANATIONS["Heatmap"], elem_id="attention-explanation")
+    with gr.Accordion("Glossary: query, key, value, head, layer, softmax, ...", open=False,
+                      elem_id="attention-glossary"):  # one place every view links to (issue 16)
+        gr.Markdown(glossary.glossary_markdown())
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=280):
             with gr.Group() as head_group:
@@ -469,6 +473,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
 
     if model_picker is None:  # an engine without a model registry: one fixed model
         model_picker = gr.Textbox(value="", visible=False)
+    attribution = build_attribution_panel(engine, text, model_picker)
     components = {"view": view, "model": model_picker, "layer": layer, "head": head, "aggregate": aggregate,
                   "hide_sink": hide_sink, "min_weight": min_weight, "start": start, "statistic": statistic, "token": token,
                   "direction": direction, "links": links, "trace": trace, "watch": watch, "heads_off": heads_off,
@@ -564,4 +569,4 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
 
     return {"on_open": on_open, "text": text, "analyse": analyse, "plot": plot, "summary": summary,
             "explanation": explanation,
-            "view": view, "layer": layer, "head": head, "model": model_picker}
+            "view": view, "layer": layer, "head": head, "model": model_picker, "attribution": attribution}

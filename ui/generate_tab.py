@@ -9,9 +9,12 @@ from dataclasses import fields
 import gradio as gr
 
 from biogpt.serving import DECODING_MODES, MAX_SEED, DecodingStopped, Engine, GenerationRequest, parse_stop_strings
+from biogpt.serving.requests import ForcedPrefix
 
 from . import plots, views
 from .admission import reader_gone
+from .branch_panel import build_branch_panel
+from .branches import parse_forced_ids
 from .common import (PRIVATE, api_only, controls_signature, load_examples, model_dropdown, on_page, page_and_api,
                      progress_reporter, status_note)
 
@@ -29,6 +32,8 @@ CUSTOM = "custom"  # what the Preset radio shows once a control it sets is edite
 # The free-text controls are GenerationRequest's fields, in its order: that one list names the
 # API's parameters, orders the inputs and builds the request.
 REQUEST_FIELDS = [f.name for f in fields(GenerationRequest)]
+# The API's branch (issue 17): tokens to force first, as ids and/or text; empty = an ordinary run.
+FORCED_FIELDS = ["forced_token_ids", "forced_text"]
 # What the presets set, in the same order.
 PRESET_FIELDS = [name for name in REQUEST_FIELDS if any(name in preset for preset in PRESETS.values())]
 RENDER_EVERY = 0.12  # seconds between streamed repaints: smooth, without resending the page per token
@@ -64,6 +69,7 @@ def build_generate_tab(engine: Engine) -> None:
                     # The newest result of this visitor's run, so that Stop can show exactly it.
                     latest = gr.State(None)
                     info = gr.Markdown(label="Run summary", elem_id="gen-info")
+                    wire_branching = build_branch_panel(engine, latest)
                     with gr.Accordion("Plain text, to copy", open=False):
                         output = gr.Textbox(label="Generated text (first sample)", lines=3, interactive=False,
                                             buttons=["copy"], elem_id="gen-output")
@@ -139,15 +145,20 @@ def build_generate_tab(engine: Engine) -> None:
     controls = dict(prompt=prompt, model=model, max_new_tokens=max_new_tokens, mode=mode, temperature=temperature,
                     top_k=top_k, top_p=top_p, typical_p=typical_p, repetition_penalty=repetition_penalty,
                     no_repeat_ngram_size=no_repeat_ngram_size, num_beams=num_beams,
-                    num_return_sequences=num_return_sequences, seed=seed, stop=stop_strings)
+                    num_return_sequences=num_return_sequences, seed=seed, stop=stop_strings,
+                    forced_token_ids=gr.Textbox("", visible=False), forced_text=gr.Textbox("", visible=False))
 
     def generate(*values_progress_request):
         *values, progress, request = values_progress_request  # gradio appends them (see controls_signature)
         chosen = dict(zip(REQUEST_FIELDS, values))
+        forced_ids, forced_text = values[len(REQUEST_FIELDS):]
         generation_request = GenerationRequest(**{**chosen, "stop": parse_stop_strings(chosen["stop"])})
+        forced_ids = parse_forced_ids(forced_ids)
+        forced = ForcedPrefix(token_ids=forced_ids, text=forced_text or "") if forced_ids or forced_text else None
         last_paint = 0.0
         # The visitor's connection closing (or Stop) ends the decoding at its next model call.
-        results = engine.generate(generation_request, progress=progress_reporter(progress), should_stop=reader_gone(request))
+        results = engine.generate(generation_request, progress=progress_reporter(progress), should_stop=reader_gone(request),
+                                  forced=forced)
         try:
             for result in results:
                 if not result.finished and time.monotonic() - last_paint < RENDER_EVERY:
@@ -163,13 +174,16 @@ def build_generate_tab(engine: Engine) -> None:
         except DecodingStopped:
             return  # nobody is reading
 
-    generate.__signature__ = controls_signature(REQUEST_FIELDS, progress=gr.Progress(track_tqdm=True), request=True)
+    generate.__signature__ = controls_signature([*REQUEST_FIELDS, *FORCED_FIELDS], progress=gr.Progress(track_tqdm=True),
+                                                request=True)
     generate.__annotations__ = {"request": gr.Request}  # gradio finds the request by type hint, not by the signature
-    inputs = [controls[name] for name in REQUEST_FIELDS]
+    inputs = [controls[name] for name in [*REQUEST_FIELDS, *FORCED_FIELDS]]
     outputs = [output, tokens, info, table, raw, latest]
     api_only(generate, inputs, outputs, "generate", concurrency_limit=generate_concurrency(engine),
              api_description="Continue a prompt. Returns the first sample's text, the coloured HTML, a run summary, "
-                             "a table of token probabilities and the full result as JSON (settings and seed included).")
+                             "a table of token probabilities and the full result as JSON (settings and seed included). "
+                             "forced_token_ids ([ids] or '5, 17') and/or forced_text are emitted first (a branch; "
+                             "the settings then name them and the sampler rule).")
     # A new run forgets the previous result first: Stop before its first token shows nothing old.
     generation = gr.on([run.click, prompt.submit], lambda: None, None, latest, **PRIVATE).then(
         on_page(generate, len(outputs)), inputs, [*outputs, status], api_visibility="private",
@@ -186,6 +200,7 @@ def build_generate_tab(engine: Engine) -> None:
 
     stop.click(None, None, None, cancels=[generation], **PRIVATE).then(
         show_stopped, latest, [output, tokens, info, table, raw], **PRIVATE)
+    wire_branching([output, tokens, info, table, raw])
 
     def apply_preset(name):
         values = PRESETS.get(name, {})  # "custom" keeps the controls as they are

@@ -183,7 +183,7 @@ def test_a_body_with_a_missing_argument_is_not_echoed_into_the_log(server, capfd
     marker = "ECHO" * 250_000  # a 1 MB argument
     capfd.readouterr()
     event, payload = call(server[0], "generate", [marker])
-    assert event == "error" and "/generate takes 14 values" in payload["error"]
+    assert event == "error" and "/generate takes 16 values" in payload["error"]
     assert marker not in payload["error"]
     out, err = capfd.readouterr()
     assert "ECHOECHO" not in out + err and len(out + err) < 20_000, f"{len(out + err):,} characters logged"

@@ -38,8 +38,8 @@ def visitor(address: str | None = None) -> httpx.Client:
 def generate_inputs(mode: str = "greedy", max_new_tokens: int = 64, num_beams: int = 1,
                     prompt: str = "Aspirin is used to") -> list:
     # prompt, model, max new tokens, mode, temperature, top-k, top-p, typical-p, repetition penalty,
-    # no-repeat n-gram, beams, sequences, seed, stop strings (ui/generate_tab.py's inputs)
-    return [prompt, "bundled", max_new_tokens, mode, 0.8, 50, 0.9, 1.0, 1.0, 0, num_beams, 1, 1, ""]
+    # no-repeat n-gram, beams, sequences, seed, stop strings, forced token ids, forced text (ui/generate_tab.py's inputs)
+    return [prompt, "bundled", max_new_tokens, mode, 0.8, 50, 0.9, 1.0, 1.0, 0, num_beams, 1, 1, "", "", ""]
 
 
 class App:
