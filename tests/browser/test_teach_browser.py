@@ -10,16 +10,37 @@ import time
 import pytest
 
 from tests.browser.test_every_user import axe_serious
-from tests.helpers import artifacts_dir, chromium_page
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, artifacts_dir
 
 
 
 @pytest.fixture(scope="module")
-def page(attention_server):
-    with chromium_page(attention_server[0]) as page:
-        page.get_by_role("tab", name="Teach", exact=True).click()
-        page.wait_for_selector("#teach-text textarea")
-        yield page
+def browser():
+    """One Chromium for the module; each test context of it starts empty (no storage, no cookies)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_context(viewport={"width": 1360, "height": 1000}).new_page()
+    page.console_errors = []
+    page.on("console", lambda message: message.type == "error" and page.console_errors.append(message.text))
+    page.on("pageerror", lambda error: page.console_errors.append(str(error)))
+    page.goto(url)
+    return page
+
+
+@pytest.fixture(scope="module")
+def page(attention_server, browser):
+    page = open_page(browser, attention_server[0])
+    page.get_by_role("tab", name="Teach", exact=True).click()
+    page.wait_for_selector("#teach-text textarea")
+    yield page
+    page.context.close()
 
 
 def plot_title(page, elem_id: str) -> str | None:
@@ -81,6 +102,28 @@ def test_compare_two_texts_side_by_side(page):
     assert not axe_serious(page)  # every panel open, filled: no serious accessibility violation
 
 
+def test_a_shared_link_reopens_the_lesson_and_the_comparison_in_a_fresh_browser(page, browser):
+    page.wait_for_function("window.location.search.includes('lesson=formula') && "
+                           "window.location.search.includes('other_text=Ibuprofen')")
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    page.click("#teach-copy-link")
+    page.wait_for_function("navigator.clipboard.readText().then(t => t === window.location.href)")
+    link = page.evaluate("navigator.clipboard.readText()")
+    assert "tab=teach" in link and "Aspirin" not in link.split("other_text")[1]  # only what was typed or chosen
+    fresh = open_page(browser, link)  # a fresh browser context: nothing but the link
+    try:
+        wait_for_title(fresh, "teach-lesson-plot", "Layer 1, head 1")
+        wait_for_title(fresh, "teach-plot-difference", "attention A − B")
+        assert fresh.input_value("#teach-alignment textarea") == page.input_value("#teach-alignment textarea")
+        assert fresh.input_value("#teach-text textarea") == page.input_value("#teach-text textarea")
+        fresh.screenshot(path=str(artifacts_dir() / "teach-shared-link.png"), full_page=True)
+        assert not fresh.console_errors, fresh.console_errors
+        fresh.goto(link.split("?")[0] + "?tab=teach&layer=two")
+        fresh.get_by_text("The link's layer must be a whole number, not 'two'.").wait_for()
+    finally:
+        fresh.context.close()
+
+
 def test_the_downloaded_report_renders_offline(page, tmp_path):
     page.click("#teach-report")
     link = page.locator("#teach-report-file a").first
@@ -113,4 +156,15 @@ def test_the_downloaded_report_renders_offline(page, tmp_path):
     offline.screenshot(path=str(artifacts_dir() / "teach-report-offline.png"))
     offline.close()
     assert not blocked and not errors, (blocked, errors)
+    assert not page.console_errors, page.console_errors
+
+
+def test_the_glossary_is_reachable_from_every_attention_view(page):
+    page.get_by_role("tab", name="Attention", exact=True).click()
+    for view in ("Heatmap", "Logit lens", "Ablation"):
+        page.locator("#attention-view").get_by_label(view, exact=True).check()
+        glossary = page.locator("#attention-glossary")
+        assert glossary.is_visible()
+    glossary.get_by_text("Glossary: query, key, value").click()
+    glossary.get_by_text("q · k / sqrt(d)").first.wait_for()
     assert not page.console_errors, page.console_errors
