@@ -395,6 +395,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     """
     import gradio as gr
 
+    from ui.attribution_panel import build_attribution_panel
     from ui.common import controls_signature, friendly_errors, model_dropdown
 
     layers0, heads0 = _model_shape(engine)
@@ -472,6 +473,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
 
     if model_picker is None:  # an engine without a model registry: one fixed model
         model_picker = gr.Textbox(value="", visible=False)
+    attribution = build_attribution_panel(engine, text, model_picker)
     components = {"view": view, "model": model_picker, "layer": layer, "head": head, "aggregate": aggregate,
                   "hide_sink": hide_sink, "min_weight": min_weight, "start": start, "statistic": statistic, "token": token,
                   "direction": direction, "links": links, "trace": trace, "watch": watch, "heads_off": heads_off,
@@ -567,4 +569,4 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
 
     return {"on_open": on_open, "text": text, "analyse": analyse, "plot": plot, "summary": summary,
             "explanation": explanation,
-            "view": view, "layer": layer, "head": head, "model": model_picker}
+            "view": view, "layer": layer, "head": head, "model": model_picker, "attribution": attribution}
