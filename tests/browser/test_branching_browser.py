@@ -17,9 +17,7 @@ TOKENS = "#gen-tokens .sample-text span.tok[data-tip]"
 
 @pytest.fixture(scope="module")
 def page(attention_server):
-    url, _ = attention_server
-    with chromium_page(url) as page:
-        page.wait_for_selector("#gen-prompt textarea")
+    with chromium_page(attention_server[0]) as page:  # the session's shared server
         yield page
 
 
@@ -56,6 +54,7 @@ def continue_and_wait(page, count: int) -> None:
 
 
 def test_branch_twice_switch_export_and_explain(page):
+    page.wait_for_selector("#gen-prompt textarea")
     page.fill("#gen-prompt textarea", PROMPT)
     page.fill("#gen-seed input", "1234")
     page.press("#gen-seed input", "Enter")
