@@ -134,7 +134,8 @@ def test_the_bundled_model_is_named_a_demo_beside_every_result_and_alternatives_
 
 def test_the_preset_shows_custom_once_a_control_is_edited_and_can_be_chosen_again(page):
     page.locator("#gen-preset label", has_text="beam search").click()
-    assert page.locator("#gen-mode input[value='beam search']").is_checked()
+    # The preset sets the controls through the server: wait for it, as for every other change here.
+    page.wait_for_function("document.querySelector(\"#gen-mode input[value='beam search']\").checked")
     page.locator("#gen-mode label", has_text="greedy").click()
     page.wait_for_function("document.querySelector('#gen-preset input[value=custom]').checked")
     page.locator("#gen-preset label", has_text="balanced").click()
