@@ -195,11 +195,17 @@ def test_ner_rereads_on_a_new_aggregation_and_exports_say_what_produced_them(pag
     shot(page, "ner-desktop")
 
 
+def settled(page, selector: str) -> None:
+    """Wait until gradio's progress timer ("0.1s") has left the pane, so its text is the result's."""
+    page.wait_for_function("(s) => !/^\\d+(\\.\\d+)?s/.test(document.querySelector(s).innerText)", arg=selector)
+
+
 def test_an_error_is_shown_once_and_the_previous_result_stays_marked_as_previous(page, app_url, capfd, caplog):
     open_tab(page, "NER")
     page.fill("#ner-text textarea", EXAMPLES["ner"][0]["text"])
     page.click("#ner-run")
     page.wait_for_function("document.querySelector('#ner-highlighted').innerText.includes('Naloxone')")
+    settled(page, "#ner-highlighted")
     before = page.inner_text("#ner-highlighted")
     page.fill("#ner-text textarea", "   ")
     page.click("#ner-run")
@@ -207,6 +213,7 @@ def test_an_error_is_shown_once_and_the_previous_result_stays_marked_as_previous
     assert "empty" in toast.inner_text()
     note = wait_done(page, "#ner-status", "previous run")
     assert "Not updated" in note
+    settled(page, "#ner-highlighted")
     assert page.inner_text("#ner-highlighted") == before and no_error_badges(page)
     shot(page, "ner-error-desktop")
     page.click("[data-testid=toast-close]")
