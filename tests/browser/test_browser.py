@@ -8,19 +8,13 @@ import time
 
 import pytest
 
-from testkit.app_server import EXAMPLES, KNOWN_NER_TEXT, running_app
+from testkit.app_server import EXAMPLES, KNOWN_NER_TEXT
 from tests.helpers import artifacts_dir, chromium_page
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_app() as (url, engine):
-        yield url
-
-
-@pytest.fixture(scope="module")
-def page(server):
-    with chromium_page(server) as page:
+def page(app_url):
+    with chromium_page(app_url) as page:
         page.wait_for_selector("#gen-prompt textarea")
         yield page
 

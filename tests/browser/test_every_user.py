@@ -19,7 +19,6 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from testkit.app_server import EXAMPLES
-from testkit.app_server import running_app
 from tests.browser.test_browser import open_tab
 from tests.helpers import artifacts_dir, chromium_page
 
@@ -27,12 +26,6 @@ DESKTOP = {"width": 1400, "height": 1000}
 PHONE = {"width": 390, "height": 844}
 TOKENS = "#gen-tokens .sample-text span.tok"  # the legend's examples are .tok too
 HOSTILE = '<img src=x onerror="window.__pwned=1"><b>bold</b> ' + "long " * 400
-
-
-@pytest.fixture(scope="module")
-def app_url():
-    with running_app() as (url, _):
-        yield url
 
 
 @pytest.fixture(scope="module")
