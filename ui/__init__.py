@@ -21,7 +21,7 @@ from biogpt.serving import Engine
 from .attention_tab import build_attention_tab
 from .classify_tab import build_classify_tab
 from .generate_tab import build_generate_tab
-from . import http_guard
+from . import http_guard, link_wiring
 from .http_guard import StudioBlocks
 from .ner_tab import build_ner_tab
 from .tasks_tab import build_tasks_tab
@@ -69,14 +69,16 @@ def create_app(engine: Engine) -> gr.Blocks:
     # StudioBlocks: every API input is checked first and a bad one is answered with a sentence.
     with StudioBlocks(title="BioGPT Studio", delete_cache=(3600, 3600)) as demo:
         gr.HTML(header_html(engine), elem_id="studio-header")
+        link_targets = []
         with gr.Tabs(elem_id="studio-tabs") as tabs:
             for title, tab_id, build in TABS:
                 with gr.Tab(title, id=tab_id, elem_id=f"tab-{tab_id}") as tab:
                     built = build(engine)
                 if isinstance(built, dict) and "on_open" in built:  # a tab that draws something when opened
                     built["on_open"](tab.select)
-                if isinstance(built, dict) and "on_load" in built:  # a tab that restores a shared link
-                    built["on_load"](demo.load, tabs)
+                if isinstance(built, dict) and "on_load" in built:  # a tab that restores a shared link (a LinkTarget)
+                    link_targets.append(built["on_load"])
+        link_wiring.restore_links(demo.load, tabs, link_targets)  # one load event for every tab's links
     return demo
 
 

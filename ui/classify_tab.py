@@ -9,7 +9,7 @@ import gradio as gr
 
 from biogpt.serving import ZERO_SHOT_TEMPLATE, Engine
 
-from . import plots, views
+from . import link_wiring, plots, views
 from .common import PRIVATE, load_examples, model_dropdown, page_and_api, progress_reporter, status_note
 
 
@@ -35,10 +35,12 @@ def export_labels(result):
             views.write_export(views.labels_csv(result), ".csv", task, model))
 
 
-def build_classify_tab(engine: Engine) -> None:
+def build_classify_tab(engine: Engine) -> dict:
     examples = load_examples()
-    with gr.Tabs():
-        with gr.Tab("Supervised", id="supervised"):
+    # Which of the two is open: a link names it (its "mode") and opens it again.
+    mode = gr.Radio(["supervised", "zero-shot"], value="supervised", visible=False, elem_id="cls-mode")
+    with gr.Tabs() as modes:
+        with gr.Tab("Supervised", id="supervised") as supervised_tab:
             gr.Markdown(
                 "A checkpoint fine-tuned for classification answers with its own labels. The bundled model "
                 "predicts the **Hallmarks of Cancer** (HoC): a sentence can show several hallmarks or none, so "
@@ -48,7 +50,9 @@ def build_classify_tab(engine: Engine) -> None:
                 with gr.Column(scale=3):
                     text = gr.Textbox(label="Text", lines=4, elem_id="cls-text")
                     model = model_dropdown(engine, "classify", elem_id="cls-model")
-                    run = gr.Button("Classify", variant="primary", elem_id="cls-run")
+                    with gr.Row():
+                        run = gr.Button("Classify", variant="primary", elem_id="cls-run", scale=3)
+                        copy_link = link_wiring.link_button("cls-copy-link")
                     gr.Examples([[e["text"]] for e in examples["classify"]], inputs=[text],
                                 label="Examples (HoC training sentences)")
                 with gr.Column(scale=3):
@@ -58,7 +62,7 @@ def build_classify_tab(engine: Engine) -> None:
             chart = gr.Plot(label="All labels", elem_id="cls-chart")
             cls_result, cls_table, cls_json, cls_csv = label_exports("cls")
 
-        with gr.Tab("Zero-shot", id="zero-shot"):
+        with gr.Tab("Zero-shot", id="zero-shot") as zero_shot_tab:
             gr.Markdown(
                 "Any causal BioGPT can rank labels it was never trained on: each candidate is put into the "
                 "template and scored by the model's log-likelihood of it, given the text."
@@ -74,7 +78,9 @@ def build_classify_tab(engine: Engine) -> None:
                     zs_model = model_dropdown(engine, "generate", elem_id="zs-model")
                     per_token = gr.Checkbox(value=True, label="Average the log-likelihood per token",
                                             info="Keeps long labels from losing just for their length")
-                    zs_run = gr.Button("Rank labels", variant="primary", elem_id="zs-run")
+                    with gr.Row():
+                        zs_run = gr.Button("Rank labels", variant="primary", elem_id="zs-run", scale=3)
+                        zs_copy_link = link_wiring.link_button("zs-copy-link")
                     gr.Examples([[e["text"], ", ".join(e["labels"])] for e in examples["zero_shot"]],
                                 inputs=[zs_text, candidates], label="Examples (BC5CDR and HoC training data)")
                 with gr.Column(scale=3):
@@ -84,11 +90,21 @@ def build_classify_tab(engine: Engine) -> None:
             zs_chart = gr.Plot(label="All candidates", elem_id="zs-chart")
             zs_result, zs_table, zs_json, zs_csv = label_exports("zs")
 
+    supervised_tab.select(lambda: "supervised", None, mode, **PRIVATE)
+    zero_shot_tab.select(lambda: "zero-shot", None, mode, **PRIVATE)
+    link = link_wiring.shareable(
+        "classify", text, {"mode": mode, "model": model, "zs_text": zs_text, "labels": candidates, "template": template,
+                           "zs_model": zs_model, "per_token": per_token},
+        action_key="mode", arrange=lambda settings: {modes: gr.Tabs(selected=settings["mode"])}, arranged=[modes])
+    link.copies_on(copy_link)
+    link.copies_on(zs_copy_link)
+
     def classify(text, model, progress=gr.Progress(track_tqdm=True)):
         result = engine.classify(text, model=model, progress=progress_reporter(progress))
         return views.label_confidences(result), plots.label_chart(result), views.classification_info(result), result
 
-    page_and_api([run.click, text.submit], classify, [text, model], [labels, chart, info, cls_result], status,
+    page_and_api([run.click, text.submit, link.opened("supervised").change], classify, [text, model],
+                 [labels, chart, info, cls_result], status,
                  api_name="classify",
                  api_description="A fine-tuned classifier's labels with probabilities, a chart, and a summary naming "
                                  "the labels above the threshold (multi-label) and the settings.",
@@ -99,7 +115,9 @@ def build_classify_tab(engine: Engine) -> None:
                                   progress=progress_reporter(progress))
         return views.label_confidences(result), plots.label_chart(result), views.classification_info(result), result
 
-    page_and_api([zs_run.click, zs_text.submit], zero_shot, [zs_text, candidates, template, zs_model, per_token],
+    page_and_api([zs_run.click, zs_text.submit, link.opened("zero-shot").change], zero_shot,
+                 [zs_text, candidates, template, zs_model, per_token],
                  [zs_labels, zs_chart, zs_info, zs_result], zs_status, api_name="zero_shot",
                  api_description="Rank candidate labels by a language model's log-likelihood of the filled template.",
                  ).then(export_labels, zs_result, [zs_table, zs_json, zs_csv], **PRIVATE)
+    return {"on_load": link}

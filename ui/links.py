@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlencode
 
-TABS = ("generate", "ner", "classify", "attention", "teach")
+TABS = ("generate", "ner", "classify", "attention", "tasks", "teach")
 MAX_QUERY_CHARS = 6_000  # the stated limit of a link's query string
 MAX_TEXT_CHARS = 20_000  # what a decoded text may hold (the engine's longest input)
 RESERVED = ("tab", "text", "z")  # keys of the link itself; a setting may not be called so
@@ -59,6 +59,9 @@ def encode_state(tab: str, text: str, settings: Mapping[str, Any], defaults: Map
             raise ValueError(f"{key!r} is not a setting of the {tab} tab.")
         if value == defaults[key] or value is None:
             continue  # only what the visitor changed
+        default = defaults[key]
+        if isinstance(default, int) and not isinstance(default, bool) and isinstance(value, float) and value.is_integer():
+            value = int(value)  # a slider or number box sends 60.0 for a whole-number setting; its link says 60
         formatted = _format(value)
         pairs += [(key, v) for v in formatted] if isinstance(formatted, list) else [(key, formatted)]
     rest = urlencode(pairs[1:])

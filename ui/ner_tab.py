@@ -8,7 +8,7 @@ import gradio as gr
 
 from biogpt.serving import NER_AGGREGATIONS, Engine
 
-from . import views
+from . import link_wiring, views
 from .common import load_examples, model_dropdown, on_page, page_and_api, progress_reporter, status_note
 
 AGGREGATION_HELP = (
@@ -17,13 +17,15 @@ AGGREGATION_HELP = (
 )
 
 
-def build_ner_tab(engine: Engine) -> None:
+def build_ner_tab(engine: Engine) -> dict:
     examples = load_examples()
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
             text = gr.Textbox(label="Text", lines=6, elem_id="ner-text",
                               placeholder="Paste a biomedical sentence or abstract")
-            run = gr.Button("Find entities", variant="primary", elem_id="ner-run")
+            with gr.Row():
+                run = gr.Button("Find entities", variant="primary", elem_id="ner-run", scale=3)
+                copy_link = link_wiring.link_button("ner-copy-link")
         with gr.Column(scale=2):
             model = model_dropdown(engine, "ner", elem_id="ner-model")
             aggregation = gr.Radio(list(NER_AGGREGATIONS), value="auto", label="Word aggregation",
@@ -63,6 +65,10 @@ def build_ner_tab(engine: Engine) -> None:
     outputs = [highlighted, info, table, entities, json_file, csv_file]
     aggregation.input(on_page(reread, len(outputs)), inputs=[text, model, aggregation], outputs=[*outputs, status],
                       api_visibility="private", concurrency_id="ner")
-    page_and_api([run.click, text.submit], find_entities, [text, model, aggregation], outputs, status, api_name="ner",
+    link = link_wiring.shareable("ner", text, {"model": model, "aggregation": aggregation})
+    link.copies_on(copy_link)
+    page_and_api([run.click, text.submit, link.opened().change], find_entities, [text, model, aggregation], outputs, status,
+                 api_name="ner",
                  api_description="Chemical and Disease entities: marked-up HTML, a summary, the entity table "
                                  "(text, type, start, end, confidence), the entities as JSON, and JSON and CSV files.")
+    return {"on_load": link}

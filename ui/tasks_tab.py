@@ -12,7 +12,7 @@ import gradio as gr
 
 from biogpt.serving import Engine
 
-from . import views
+from . import link_wiring, views
 from .common import page_and_api, progress_reporter, status_note
 
 NO_MODELS = (
@@ -48,7 +48,7 @@ def summary_markdown(result) -> str:
     return "\n\n".join(lines)
 
 
-def build_tasks_tab(engine: Engine) -> None:
+def build_tasks_tab(engine: Engine) -> dict:
     models = list(engine.operator_models)
     tasks = engine.paper_task_choices()
     with gr.Row(equal_height=False):
@@ -56,7 +56,9 @@ def build_tasks_tab(engine: Engine) -> None:
             text = gr.Textbox(label="Text (title. abstract; or PubMedQA's context)", lines=6, elem_id="tasks-text",
                               placeholder="Paste an abstract")
             question = gr.Textbox(label="Question (PubMedQA only)", lines=1, elem_id="tasks-question")
-            run = gr.Button("Run the task", variant="primary", elem_id="tasks-run")
+            with gr.Row():
+                run = gr.Button("Run the task", variant="primary", elem_id="tasks-run", scale=3)
+                copy_link = link_wiring.link_button("tasks-copy-link")
         with gr.Column(scale=2):
             task = gr.Dropdown(choices=tasks, value=tasks[0][1], label="Task", elem_id="tasks-task")
             model = gr.Dropdown(choices=models, value=models[0] if models else None, label="Fine-tuned model",
@@ -90,7 +92,11 @@ def build_tasks_tab(engine: Engine) -> None:
         )
 
     outputs = [highlighted, summary, table, generated, exported, json_file, csv_file]
-    page_and_api([run.click], run_task, [task, model, text, question], outputs, status, api_name="paper_task",
+    link = link_wiring.shareable("tasks", text, {"task": task, "model": model, "question": question})
+    link.copies_on(copy_link)
+    page_and_api([run.click, link.opened().change], run_task, [task, model, text, question], outputs, status,
+                 api_name="paper_task",
                  api_description="One of the BioGPT paper's tasks with a fine-tuned model: marked-up text, a summary, "
                                  "the extracted table (malformed pieces included), the answer as written, the result "
                                  "as JSON, and JSON and CSV files.")
+    return {"on_load": link}
