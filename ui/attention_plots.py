@@ -24,6 +24,8 @@ HEAD_COLOURS = [
     "#bcbd22", "#7f7f7f", "#393b79", "#ad494a", "#637939", "#8c6d31", "#7b4173", "#3182bd",
 ]
 ZERO_WIDTH = "\u200b"
+LENS_PLOT_PX = 640  # the logit lens's plot width in a desktop page (1400 px wide), less its margins
+CHAR_PX = 7.0  # the widest average character of 10 px DejaVu Sans cell text, with the cell's padding
 
 
 def _slim_template() -> go.layout.Template:
@@ -98,8 +100,13 @@ def attention_heatmap(
         zmin=0.0, zmax=top, hoverongaps=False, colorbar=dict(title=dict(text=colorbar, side="right"), thickness=14),
         hovertemplate="<b>%{y}</b> attends to <b>%{x}</b><br>weight %{z:.4f}<extra></extra>",
     ))
-    fig.update_yaxes(autorange="reversed", title_text="token (query)", tickfont=dict(size=11), showgrid=False)
-    fig.update_xaxes(title_text="attends to (key)", tickangle=-60, tickfont=dict(size=11), showgrid=False, side="bottom")
+    # Square cells and one token step on both axes: plotly thins the labels of a category axis by its
+    # length in pixels, so with equal axis lengths the rows and the columns label the same tokens, and
+    # a tick mark ties each label to its cell (at 238 tokens a label names one cell in five or six).
+    ticks = dict(tickfont=dict(size=11), showgrid=False, ticks="outside", ticklen=4, tickcolor="#888")
+    fig.update_yaxes(autorange="reversed", title_text="token (query)", scaleanchor="x", scaleratio=1, constrain="domain",
+                     constraintoward="top", **ticks)
+    fig.update_xaxes(title_text="attends to (key)", tickangle=-60, side="bottom", constrain="domain", **ticks)
     side = max(matrix.shape)
     return _layout(fig, title, height=int(min(820, max(460, 260 + 14 * side))))
 
@@ -255,17 +262,22 @@ def logit_lens_figure(
     for s in range(steps):
         for c in range(width):
             hover[s, c] = "<br>".join(f"{labels[s, c, j]}  {top_probs[s, c, j]:.3f}" for j in range(min(k, 5)))
-    cell_text = [[escape(shorten(str(x))) for x in row] for row in top_labels[:, :, 0]]
+    # Plotly neither clips nor shrinks a cell's text: cut each label to what a cell of a desktop-wide
+    # plot holds (on a phone the page's style hides cell text; a tap shows the hover).
+    fits = int(LENS_PLOT_PX / width / CHAR_PX)
+    cell_text = [[escape(shorten(str(x), fits)) for x in row] for row in top_labels[:, :, 0]]
     fig.add_trace(go.Heatmap(
         z=top_probs[:, :, 0].astype(np.float32), x=axis_labels(tokens), y=names, colorscale="Blues",
         zmin=0.0, zmax=1.0, text=cell_text, customdata=hover,
-        texttemplate="%{text}" if width <= 40 else None, textfont=dict(size=10),
+        texttemplate="%{text}" if fits >= 3 else None, textfont=dict(size=10),
         colorbar=dict(title=dict(text="top-1 probability", side="right"), thickness=14, len=0.6 if rows == 2 else 1,
                       y=0.7 if rows == 2 else 0.5),
         hovertemplate="after <b>%{x}</b>, %{y}:<br>%{customdata}<extra></extra>",
     ), row=1, col=1)
     fig.update_yaxes(autorange="reversed", showgrid=False, row=1, col=1)
-    fig.update_xaxes(tickangle=-60, showgrid=False, row=1, col=1)
+    fig.update_xaxes(tickangle=-60, showgrid=False, row=1, col=1,
+                     title_text="each cell: the next token that layer predicts<br>after reading this column's token",
+                     title_font=dict(size=12))
     if rows == 2:
         for i, label in enumerate(watch_labels):
             fig.add_trace(go.Scatter(
@@ -277,12 +289,12 @@ def logit_lens_figure(
         fig.update_xaxes(tickangle=-45, row=2, col=1)
         fig.update_layout(legend=dict(orientation="h", x=0, y=-0.12, yanchor="top", title_text="watched: "))
     shown = f"tokens {first + 1}–{first + width} of {total}" if width < total else f"all {total} tokens"
-    title = f"Logit lens: the next token each layer would predict, column by column ({shown})"
-    return _layout(fig, title, height=int(max(420, 170 + 24 * steps) + (340 if rows == 2 else 0)))
+    title = f"Logit lens ({shown})"  # short enough for a phone; the x axis says what a cell is
+    return _layout(fig, title, height=int(max(460, 210 + 24 * steps) + (340 if rows == 2 else 0)))
 
 
 def shorten(label: str, limit: int = 9) -> str:
-    return label if len(label) <= limit else label[: limit - 1] + "…"
+    return label if len(label) <= limit else label[: max(limit - 1, 1)] + "…"
 
 
 # ----- 6. generation replay -------------------------------------------------------------------

@@ -77,3 +77,18 @@ def test_the_picker_says_what_each_model_is():
     assert "published" in ModelRegistry.describe_choice("microsoft/biogpt")
     assert "Hugging Face Hub" in ModelRegistry.describe_choice("someone/biogpt-finetune")
     assert "local checkpoint" in ModelRegistry.describe_choice("/models/mine")
+
+
+def test_logit_lens_cell_text_is_cut_to_what_a_cell_holds_and_dropped_when_nothing_fits():
+    from ui import attention_plots
+
+    def lens(width: int):
+        labels = np.full((3, width, 1), "immunosuppressive", dtype=object)
+        return attention_plots.logit_lens_figure(np.full((3, width, 1), 0.5, np.float32), labels,
+                                                 [f"t{i}" for i in range(width)], first=0, total=width)
+
+    cell_px = attention_plots.LENS_PLOT_PX / 16
+    texts = [text for row in lens(16).data[0].text for text in row]
+    assert texts and all(len(text) * attention_plots.CHAR_PX <= cell_px for text in texts), texts
+    assert texts[0].startswith("immu") and texts[0].endswith("…")
+    assert lens(120).data[0].texttemplate is None  # 5 px cells: colour and hover only
