@@ -11,7 +11,7 @@ import gradio as gr
 from biogpt.serving import DECODING_MODES, MAX_SEED, DecodingStopped, Engine, GenerationRequest, parse_stop_strings
 from biogpt.serving.requests import ForcedPrefix
 
-from . import link_wiring, plots, views
+from . import plots, views
 from .admission import reader_gone
 from .branch_panel import build_branch_panel
 from .branches import parse_forced_ids
@@ -50,21 +50,22 @@ def generate_concurrency(engine: Engine) -> int | str:
     return BATCHED_CONCURRENCY + engine.limits.max_parallel_beam_searches + engine.limits.max_waiting_beam_searches
 
 
-def build_generate_tab(engine: Engine) -> dict:
+def build_generate_tab(engine: Engine) -> None:
     examples = load_examples()
     limits = engine.limits
     defaults = GenerationRequest(prompt="", **{k: v for k, v in PRESETS[DEFAULT_PRESET].items()})
     model = model_dropdown(engine, "generate", elem_id="gen-model")
     with gr.Tabs():
         with gr.Tab("Free text", id="free-text"):
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=3):
+            # On a phone the columns stack; assets/style.css then orders their parts: the prompt and
+            # Generate, the main settings, the result, the other settings, the examples last.
+            with gr.Row(equal_height=False, elem_id="gen-layout"):
+                with gr.Column(scale=3, elem_id="gen-main"):
                     prompt = gr.Textbox(label="Prompt", lines=3, elem_id="gen-prompt",
                                         placeholder="The beginning of a biomedical sentence, e.g. 'Aspirin is used to'")
-                    with gr.Row():
+                    with gr.Row(elem_id="gen-actions"):
                         run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                         stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
-                        copy_link = link_wiring.link_button("gen-copy-link")
                     status = status_note("gen-status")
                     tokens = gr.HTML(label="Tokens coloured by probability", elem_id="gen-tokens")
                     # The newest result of this visitor's run, so that Stop can show exactly it.
@@ -81,8 +82,8 @@ def build_generate_tab(engine: Engine) -> dict:
                     with gr.Accordion("Raw output (JSON)", open=False):
                         raw = gr.JSON(label="Result", elem_id="gen-json")
                     gr.Examples([[e["prompt"]] for e in examples["generate"]], inputs=[prompt],
-                                label="Examples (BC5CDR training titles)")
-                with gr.Column(scale=2, elem_classes=["controls"]):
+                                label="Examples (BC5CDR training titles)", elem_id="gen-examples")
+                with gr.Column(scale=2, elem_classes=["controls"], elem_id="gen-controls"):
                     preset = gr.Radio([*PRESETS, CUSTOM], value=DEFAULT_PRESET, label="Preset",
                                       info="Sets the controls below; shows custom once you change one",
                                       elem_id="gen-preset")
@@ -135,8 +136,11 @@ def build_generate_tab(engine: Engine) -> dict:
                                 inputs=[question, context, gold], label="Examples (PubMedQA training set)")
                 with gr.Column(scale=2):
                     answer_status = status_note("qa-status")
+                    # The API's softmax over the three log-likelihoods, not shown: on the page it read as
+                    # certainty (100%) for a near-tie or an uninformed choice. The log-likelihood bars and
+                    # the gold answer say what the model chose, and by how much.
                     answer = gr.Label(label="Softmax over the three answers (uncalibrated)", num_top_classes=3,
-                                      elem_id="qa-answer")
+                                      visible=False, elem_id="qa-answer")
                     answer_plot = gr.Plot(label="yes / no / maybe", elem_id="qa-plot")
                     answer_info = gr.Markdown(label="Summary", elem_id="qa-info")
                     with gr.Accordion("Prompt sent to the model", open=False):
@@ -185,12 +189,8 @@ def build_generate_tab(engine: Engine) -> dict:
                              "a table of token probabilities and the full result as JSON (settings and seed included). "
                              "forced_token_ids ([ids] or '5, 17') and/or forced_text are emitted first (a branch; "
                              "the settings then name them and the sampler rule).")
-    # Shareable links: the prompt, model, preset and decoding settings (seed included); a link runs it once.
-    link = link_wiring.shareable("generate", prompt, {"model": model, "preset": preset, **{
-        name: controls[name] for name in REQUEST_FIELDS if name != "prompt"}})
-    link.copies_on(copy_link)
     # A new run forgets the previous result first: Stop before its first token shows nothing old.
-    generation = gr.on([run.click, prompt.submit, link.opened().change], lambda: None, None, latest, **PRIVATE).then(
+    generation = gr.on([run.click, prompt.submit], lambda: None, None, latest, **PRIVATE).then(
         on_page(generate, len(outputs)), inputs, [*outputs, status], api_visibility="private",
         concurrency_id="generate", concurrency_limit=generate_concurrency(engine))
     # The message is set in a second step: an update the cancelled stream had already sent could
@@ -231,5 +231,6 @@ def build_generate_tab(engine: Engine) -> dict:
     question.input(lambda: "", None, gold, **PRIVATE)
     page_and_api([answer_run.click, question.submit], answer_pubmedqa, [question, context, model, long_answer, gold],
                  [answer, answer_plot, answer_info, answer_prompt], answer_status, api_name="pubmedqa",
-                 api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt).")
-    return {"on_load": link}
+                 api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt). "
+                                 "The first output is a softmax over the three log-likelihoods: uncalibrated, "
+                                 "so read it with the log-likelihoods in the summary.")

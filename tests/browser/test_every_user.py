@@ -118,6 +118,10 @@ def test_the_bundled_model_is_named_a_demo_beside_every_result_and_alternatives_
     bar_texts = page.locator("#qa-plot .bartext").evaluate_all("texts => texts.map(t => t.textContent)")
     assert bar_texts and not any(text.endswith("%") for text in bar_texts), bar_texts
     assert "yes (gold)" in page.locator("#qa-plot .ytick").evaluate_all("ticks => ticks.map(t => t.textContent)")
+    # No softmax on the page: it read "100%" for an uninformed choice (the API still returns it, tests/api).
+    assert not page.locator("#qa-answer").is_visible()
+    panel = page.locator("#qa-plot").locator("xpath=ancestor::div[contains(@class, 'tabitem')][1]").inner_text()
+    assert "%" not in panel, panel
     shot(page, "pubmedqa-gold-desktop")
     page.get_by_role("tab", name="Free text", exact=True).click()
 
@@ -316,15 +320,20 @@ def test_keyboard_focus_is_visible_radio_groups_are_one_stop_and_tokens_open_the
 
 def test_a_keyboard_only_walk_reaches_and_runs_every_tab(page):
     """Tab list by arrow keys and Enter; in each panel, Tab to the text box, type, Tab to the main
-    action, Enter, and the result arrives."""
+    action, Enter (Space on a radio option), and the result arrives."""
     walk = {
         "Generate": ("#gen-prompt textarea", "Aspirin is used to", "#gen-run", "#gen-info", "seed="),
         "NER": ("#ner-text textarea", EXAMPLES["ner"][1]["text"], "#ner-run", "#ner-info", "tokens read"),
         "Classify": ("#cls-text textarea", EXAMPLES["classify"][0]["text"], "#cls-run", "#cls-info", "Settings"),
         "Attention": (None, None, "#attention-analyse", "#attention-summary", "token"),
+        # The default app offers no paper-task model: the run is refused, and the page says so.
+        "Tasks": ("#tasks-text textarea", EXAMPLES["ner"][0]["text"], "#tasks-run", "#tasks-status", "Not updated"),
+        "Teach": (None, None, "#teach-lesson input", "#teach-lesson-text", "Question for students"),
     }
+    keys = {"Teach": "Space"}  # a lesson opens when its radio option is chosen
     inner_tabs = {"Generate": "Free text", "Classify": "Supervised"}  # opened with Enter on the way
-    page.evaluate("document.querySelectorAll('#gen-prompt textarea, #ner-text textarea, #cls-text textarea')"
+    page.evaluate("document.querySelectorAll('#gen-prompt textarea, #ner-text textarea, #cls-text textarea, "
+                  "#tasks-text textarea')"
                   ".forEach(t => { t.value = ''; t.dispatchEvent(new Event('input')); })")
     page.focus("#tab-generate-button")
     for index, (tab, (box, text, button, result, fragment)) in enumerate(walk.items()):
@@ -346,7 +355,7 @@ def test_a_keyboard_only_walk_reaches_and_runs_every_tab(page):
                 raise AssertionError(f"Tab never reached {target} on {tab}")
             if typed:
                 page.keyboard.insert_text(typed)
-        page.keyboard.press("Enter")
+        page.keyboard.press(keys.get(tab, "Enter"))
         wait_done(page, result, fragment)
         page.focus(f"#tab-{tab.lower()}-button")
 
@@ -384,9 +393,17 @@ def test_on_a_phone_every_tab_is_one_tap_away_and_results_fit_the_width(page, ap
         for tab in tabs.all():  # each in the viewport: one tap away
             box = tab.bounding_box()
             assert box and box["width"] > 20 and 0 <= box["x"] and box["x"] + box["width"] <= PHONE["width"], box
-        # The main action is on the first screen.
+        # The main action is on the first screen; then the main settings, the result, the other settings,
+        # and the long examples list last.
         box = page.locator("#gen-run").bounding_box()
         assert box["y"] + box["height"] <= PHONE["height"], box
+        generate(page, "Aspirin is used to", 6, seed=2)
+        wait_generated(page)
+        order = ["#gen-prompt", "#gen-run", "#gen-preset", "#gen-max-new-tokens", "#gen-tokens", "#gen-info",
+                 "#gen-seed", "#gen-examples"]
+        tops = [page.locator(selector).bounding_box()["y"] for selector in order]
+        assert tops == sorted(tops), dict(zip(order, tops))
+        shot(page, "generate-order-phone")
         open_tab(page, "NER")
         page.fill("#ner-text textarea", EXAMPLES["ner"][0]["text"])
         page.click("#ner-run")
@@ -424,3 +441,65 @@ def test_attention_draws_on_open_with_fixed_overview_scales_and_its_notes_under_
                           "return [d.zmin, d.zmax, d.colorbar.title.text]; })()")
     assert trace[0] == 0 and trace[1] > 0 and "–" in trace[2], trace
     shot(page, "attention-overview-desktop")
+
+
+def long_text(tokens: int) -> str:
+    """The examples' abstracts cut to `tokens` tokens (with the leading </s>): the finding's 238."""
+    from biogpt.tokenizer import BioGptTokenizer
+    from testkit import REPO
+
+    tokenizer = BioGptTokenizer.from_pretrained(REPO / "assets" / "models" / "biogpt-pubmed-small")
+    text = " ".join(example["text"] for example in EXAMPLES["ner"] + EXAMPLES["classify"])
+    return text[: tokenizer(text, return_offsets_mapping=True)["offset_mapping"][tokens - 1][1]]
+
+
+PLOT = "#attention-plot .js-plotly-plot"
+
+
+def drawn(page, title_part: str) -> None:
+    page.wait_for_function("(t) => document.querySelector('#attention-plot .js-plotly-plot')?.layout.title.text"
+                           ".includes(t)", arg=title_part, timeout=60_000)
+    time.sleep(0.3)  # plotly draws the ticks just after the layout
+
+
+def test_at_238_tokens_heatmap_labels_sit_on_their_cells_and_the_logit_lens_fits_a_phone(page, app_url):
+    with fresh(page, app_url, "light"):
+        open_tab(page, "Attention")
+        page.wait_for_selector(PLOT, timeout=30_000)
+        page.fill("#attention-text textarea", long_text(238))
+        page.click("#attention-analyse")
+        wait_done(page, "#attention-summary", "238 tokens")
+        for size_name, size in (("desktop", DESKTOP), ("phone", PHONE)):
+            page.set_viewport_size(size)
+            page.locator("#attention-view label", has_text="Heatmap").click()
+            drawn(page, "head")
+            # One heatmap trace; square cells; the same tokens labelled on both axes, each label naming the
+            # cell its tick mark points at.
+            axes = page.evaluate("""(s) => { const g = document.querySelector(s), fl = g._fullLayout;
+                const axis = (ax, labels) => ({length: ax._length, ticks: ax.ticks,
+                    vals: ax._vals.map(v => v.x), wrong: ax._vals.filter(v => v.text !== labels[v.x]).length});
+                return {traces: g.data.map(d => d.type), x: axis(fl.xaxis, g.data[0].x), y: axis(fl.yaxis, g.data[0].y),
+                        cells: g.data[0].x.length}; }""", PLOT)
+            assert axes["traces"] == ["heatmap"] and axes["cells"] == 238, axes
+            assert abs(axes["x"]["length"] - axes["y"]["length"]) < 1, axes
+            assert sorted(axes["x"]["vals"]) == sorted(axes["y"]["vals"]) and len(axes["x"]["vals"]) >= 4, axes
+            assert axes["x"]["wrong"] == axes["y"]["wrong"] == 0 and axes["x"]["ticks"] == "outside", axes
+            shot(page, f"attention-heatmap-238-{size_name}")
+            # Logit lens: the title inside the figure, the row names left of the cells, and every cell's
+            # text within its cell (on a phone the cells are too narrow and show colour only).
+            page.locator("#attention-view label", has_text="Logit lens").click()
+            drawn(page, "Logit lens")
+            fit = page.evaluate("""(s) => { const g = document.querySelector(s), fl = g._fullLayout;
+                const box = e => e.getBoundingClientRect(), plot = box(g.querySelector('.nsewdrag'));
+                const cell = plot.width / g.data[0].x.length;
+                const shown = [...g.querySelectorAll('.heatmap-label text')].filter(t => t.getClientRects().length);
+                const title = box(g.querySelector('.gtitle')), left = box(g).left;
+                return {title: [title.left - left, title.right - left],
+                        width: fl.width, rowsRight: Math.max(...[...g.querySelectorAll('.ytick text')].map(t => box(t).right)),
+                        plotLeft: plot.left, shown: shown.length,
+                        spill: shown.filter(t => t.getComputedTextLength() > cell).map(t => t.textContent)}; }""", PLOT)
+            assert 0 <= fit["title"][0] and fit["title"][1] <= fit["width"], fit
+            assert fit["rowsRight"] <= fit["plotLeft"], fit
+            assert not fit["spill"], fit
+            assert (fit["shown"] > 0) == (size_name == "desktop"), fit
+            shot(page, f"attention-logit-lens-{size_name}")
