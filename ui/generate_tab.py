@@ -11,7 +11,7 @@ import gradio as gr
 from biogpt.serving import DECODING_MODES, MAX_SEED, DecodingStopped, Engine, GenerationRequest, parse_stop_strings
 from biogpt.serving.requests import ForcedPrefix
 
-from . import plots, views
+from . import link_wiring, plots, views
 from .admission import reader_gone
 from .branch_panel import build_branch_panel
 from .branches import parse_forced_ids
@@ -50,7 +50,7 @@ def generate_concurrency(engine: Engine) -> int | str:
     return BATCHED_CONCURRENCY + engine.limits.max_parallel_beam_searches + engine.limits.max_waiting_beam_searches
 
 
-def build_generate_tab(engine: Engine) -> None:
+def build_generate_tab(engine: Engine) -> dict:
     examples = load_examples()
     limits = engine.limits
     defaults = GenerationRequest(prompt="", **{k: v for k, v in PRESETS[DEFAULT_PRESET].items()})
@@ -66,6 +66,7 @@ def build_generate_tab(engine: Engine) -> None:
                     with gr.Row(elem_id="gen-actions"):
                         run = gr.Button("Generate", variant="primary", elem_id="gen-run")
                         stop = gr.Button("Stop", variant="stop", elem_id="gen-stop")
+                        copy_link = link_wiring.link_button("gen-copy-link")
                     status = status_note("gen-status")
                     tokens = gr.HTML(label="Tokens coloured by probability", elem_id="gen-tokens")
                     # The newest result of this visitor's run, so that Stop can show exactly it.
@@ -189,8 +190,12 @@ def build_generate_tab(engine: Engine) -> None:
                              "a table of token probabilities and the full result as JSON (settings and seed included). "
                              "forced_token_ids ([ids] or '5, 17') and/or forced_text are emitted first (a branch; "
                              "the settings then name them and the sampler rule).")
+    # Shareable links: the prompt, model, preset and decoding settings (seed included); a link runs it once.
+    link = link_wiring.shareable("generate", prompt, {"model": model, "preset": preset, **{
+        name: controls[name] for name in REQUEST_FIELDS if name != "prompt"}})
+    link.copies_on(copy_link)
     # A new run forgets the previous result first: Stop before its first token shows nothing old.
-    generation = gr.on([run.click, prompt.submit], lambda: None, None, latest, **PRIVATE).then(
+    generation = gr.on([run.click, prompt.submit, link.opened().change], lambda: None, None, latest, **PRIVATE).then(
         on_page(generate, len(outputs)), inputs, [*outputs, status], api_visibility="private",
         concurrency_id="generate", concurrency_limit=generate_concurrency(engine))
     # The message is set in a second step: an update the cancelled stream had already sent could
@@ -234,3 +239,4 @@ def build_generate_tab(engine: Engine) -> None:
                  api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt). "
                                  "The first output is a softmax over the three log-likelihoods: uncalibrated, "
                                  "so read it with the log-likelihoods in the summary.")
+    return {"on_load": link}
