@@ -124,8 +124,9 @@ def build_generate_tab(engine: Engine) -> dict:
                 "and the model scores **yes**, **no** and **maybe**. Best with `microsoft/BioGPT-Large-PubMedQA`; "
                 "the small bundled model was not trained for it."
             )
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=3):
+            # On a phone: the question, its action and the answer first, the examples after (assets/style.css).
+            with gr.Row(equal_height=False, elem_id="qa-layout"):
+                with gr.Column(scale=3, elem_id="qa-main"):
                     question = gr.Textbox(label="Question", lines=1, elem_id="qa-question")
                     context = gr.Textbox(label="Context (abstract)", lines=6, elem_id="qa-context")
                     gold = gr.Textbox("", label="Gold answer", info="PubMedQA's label of an example; empty for your own",
@@ -134,7 +135,8 @@ def build_generate_tab(engine: Engine) -> dict:
                         long_answer = gr.Textbox("", label="Long answer", lines=2, elem_id="qa-long-answer")
                     answer_run = gr.Button("Answer yes / no / maybe", variant="primary", elem_id="qa-run")
                     gr.Examples([[e["question"], e["context"], e["label"]] for e in examples["pubmedqa"]],
-                                inputs=[question, context, gold], label="Examples (PubMedQA training set)")
+                                inputs=[question, context, gold], label="Examples (PubMedQA training set)",
+                                elem_id="qa-examples")
                 with gr.Column(scale=2):
                     answer_status = status_note("qa-status")
                     # The API's softmax over the three log-likelihoods, not shown: on the page it read as

@@ -91,10 +91,12 @@ def answer_chart(result: AnswerResult, gold: str = "") -> "go.Figure":
                    text=[f"{v:.2f}" for v in values], textposition="auto",
                    hovertemplate="%{y}: log-likelihood %{customdata:.2f}<extra></extra>")
     trained = "pubmedqa" in str(result.settings.get("model", "")).lower()
-    title = "Log-likelihood of each answer (longer = preferred; not a probability)"
+    # Short lines: the title must fit a phone's 390 px.
+    title = "Each answer's log-likelihood<br>(longer = preferred; not a probability)"
     if not trained:
-        title += "<br>this model was not trained for PubMedQA: the choice is uninformed"
-    figure.update_layout(title=dict(text=title, font=dict(size=13)), margin=dict(l=10, r=20, t=60, b=30))
+        title += "<br>not trained for PubMedQA: uninformed"
+    figure.update_layout(title=dict(text=title, font=dict(size=13)), margin=dict(l=10, r=20, t=80 if trained else 95, b=30),
+                         height=260 if trained else 275)
     figure.update_xaxes(range=[floor, max(values) + 0.5], gridcolor="rgba(128,128,128,0.25)",
                         title_text="log-likelihood (nats)")
     figure.update_yaxes(automargin=True, autorange="reversed")

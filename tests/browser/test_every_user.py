@@ -118,12 +118,19 @@ def test_the_bundled_model_is_named_a_demo_beside_every_result_and_alternatives_
     bar_texts = page.locator("#qa-plot .bartext").evaluate_all("texts => texts.map(t => t.textContent)")
     assert bar_texts and not any(text.endswith("%") for text in bar_texts), bar_texts
     assert "yes (gold)" in page.locator("#qa-plot .ytick").evaluate_all("ticks => ticks.map(t => t.textContent)")
-    # No softmax on the page: it read "100%" for an uninformed choice (the API still returns it, tests/api).
+    no_softmax_on_the_page(page)
+    shot(page, "pubmedqa-gold-desktop")
+    page.get_by_role("tab", name="Free text", exact=True).click()
+    # On a desktop the settings stay beside the prompt (the phone's order is CSS for narrow screens only).
+    prompt, preset = page.locator("#gen-prompt").bounding_box(), page.locator("#gen-preset").bounding_box()
+    assert preset["x"] >= prompt["x"] + prompt["width"] and preset["y"] < prompt["y"] + prompt["height"], (prompt, preset)
+
+
+def no_softmax_on_the_page(page) -> None:
+    """PubMedQA's softmax read "100%" for an uninformed choice: it is the API's only (tests/api checks it)."""
     assert not page.locator("#qa-answer").is_visible()
     panel = page.locator("#qa-plot").locator("xpath=ancestor::div[contains(@class, 'tabitem')][1]").inner_text()
     assert "%" not in panel, panel
-    shot(page, "pubmedqa-gold-desktop")
-    page.get_by_role("tab", name="Free text", exact=True).click()
 
 
 # ----- consistent on screen ----------------------------------------------------------------------
@@ -404,6 +411,22 @@ def test_on_a_phone_every_tab_is_one_tap_away_and_results_fit_the_width(page, ap
         tops = [page.locator(selector).bounding_box()["y"] for selector in order]
         assert tops == sorted(tops), dict(zip(order, tops))
         shot(page, "generate-order-phone")
+        page.get_by_role("tab", name="PubMedQA", exact=True).click()
+        page.get_by_text(EXAMPLES["pubmedqa"][1]["question"][:40]).first.click()
+        page.wait_for_function("document.querySelector('#qa-gold textarea, #qa-gold input')?.value !== ''")
+        page.click("#qa-run")
+        wait_done(page, "#qa-info", "gold answer")
+        page.wait_for_selector("#qa-plot .js-plotly-plot .bars .point")
+        no_softmax_on_the_page(page)
+        chart = page.locator("#qa-plot .js-plotly-plot").bounding_box()
+        assert chart["x"] >= 0 and chart["x"] + chart["width"] <= PHONE["width"], chart
+        title = page.locator("#qa-plot .gtitle").bounding_box()
+        assert title["x"] >= 0 and title["x"] + title["width"] <= PHONE["width"], title
+        order = ["#qa-question", "#qa-run", "#qa-plot", "#qa-info", "#qa-examples"]
+        tops = [page.locator(selector).bounding_box()["y"] for selector in order]
+        assert tops == sorted(tops), dict(zip(order, tops))
+        shot(page, "pubmedqa-phone")
+        page.get_by_role("tab", name="Free text", exact=True).click()
         open_tab(page, "NER")
         page.fill("#ner-text textarea", EXAMPLES["ner"][0]["text"])
         page.click("#ner-run")
