@@ -22,6 +22,8 @@ import numpy as np
 
 from ui import attention_plots as plots
 from ui import glossary, views
+from ui.attention_heatmap import floats as _floats
+from ui.attention_heatmap import REDRAW_JS, heatmap_payload, heatmap_view
 
 VIEWS = ("Heatmap", "Overview", "Token links", "Hidden states", "Logit lens", "Generation replay", "Ablation")
 AGGREGATE_CHOICES = [
@@ -139,52 +141,35 @@ def render_view(engine, text: str, controls: Controls) -> ViewResult:
     figure, table, extra = builder(engine, analysis, controls, layer, head)
     elapsed = time.perf_counter() - started
     source = "from the cache" if was_cached else f"analysed in {analysis.seconds:.2f} s"
-    summary = (
-        f"**{analysis.length:,} tokens** · {analysis.model_id} · {analysis.num_layers} layers × "
-        f"{analysis.num_heads} heads · {source} · this view took {1000 * elapsed:.0f} ms"
-    )
+    summary = f"{summary_head(analysis, source)} · this view took {1000 * elapsed:.0f} ms"
     if extra:
         summary += "\n\n" + extra
     return ViewResult(figure, EXPLANATIONS[view], summary, table)
+
+
+def summary_head(analysis, source: str) -> str:
+    """The summary line under a view, up to its timing: the text's length, the model and its shape, and
+    whether the analysis ran now or came from the cache."""
+    return (f"**{analysis.length:,} tokens** · {analysis.model_id} · {analysis.num_layers} layers × "
+            f"{analysis.num_heads} heads · {source}")
+
+
+def redraw_data(engine, text: str, c: Controls) -> dict | None:
+    """What the page needs to redraw the heatmap drawn with these controls by itself (see ui.attention_heatmap);
+    None for another view, or when the analysis is no longer cached."""
+    analysis = engine.cached_analysis(text, c.model or None) if isinstance(text, str) and text.strip() else None
+    if analysis is None:
+        return None
+    layer = _clamp(c.layer, 1, analysis.num_layers) - 1
+    start = _clamp(c.start, 0, max(analysis.length - 1, 0))
+    return heatmap_payload(analysis, text, c, layer, start, HEATMAP_SIDE, summary_head(analysis, "from the cache"))
 
 
 # ----- the views ------------------------------------------------------------------------------
 
 
 def _heatmap(engine, analysis, c: Controls, layer: int, head: int):
-    aggregate = c.aggregate if c.aggregate in analysis.AGGREGATES else "head"
-    what = {
-        "head": f"Layer {layer + 1}, head {head + 1}",
-        "heads": f"Layer {layer + 1}, mean of its {analysis.num_heads} heads",
-        "layers": f"Head {head + 1}, mean over all {analysis.num_layers} layers",
-        "all": f"Mean of all {analysis.num_layers * analysis.num_heads} heads",
-        "rollout": f"Attention rollout through layer {layer + 1}",
-    }[aggregate]
-    start = _clamp(c.start, 0, max(analysis.length - 1, 0))
-    cells = analysis.heatmap(layer, head, aggregate, hide_first=bool(c.hide_sink), min_weight=float(c.min_weight or 0.0),
-                             start=start, max_side=HEATMAP_SIDE)
-    matrix, tokens = cells.matrix, analysis.tokens
-    notes = []
-    if cells.first_hidden:
-        notes.append("first token hidden, rows renormalised")
-    rows = cols = list(tokens[cells.first : cells.last])
-    if cells.windowed:
-        notes.append(f"tokens {cells.first}–{cells.last - 1} of {analysis.length}")
-    elif cells.block > 1:
-        rows = [f"{tokens[p]} (#{p}–{min(p + cells.block, cells.last) - 1})" for p in range(cells.first, cells.last, cells.block)]
-        cols = rows
-        notes.append(f"{analysis.length:,} tokens in blocks of {cells.block} (the strongest weight of each block); "
-                     "set a zoom start to see single tokens")
-    if c.min_weight and c.min_weight > 0:
-        notes.append(f"weights below {float(c.min_weight):.2f} blank")
-    title = what + (f" <span style='font-size:12px'>({'; '.join(notes)})</span>" if notes else "")
-    figure = plots.attention_heatmap(matrix, rows, cols, title, colorbar="rollout" if aggregate == "rollout" else "attention")
-
-    def table() -> dict:
-        return {"columns": ["query \\ key", *cols], "rows": [[r, *_floats(v)] for r, v in zip(rows, matrix)],
-                "meta": {"view": "heatmap", "what": what, "notes": notes}}
-
-    return figure, table, ""
+    return heatmap_view(analysis, c, layer, head, _clamp(c.start, 0, max(analysis.length - 1, 0)), HEATMAP_SIDE)
 
 
 def statistic_range(key: str, length: int) -> tuple[float, float]:
@@ -343,10 +328,6 @@ def _heads_text(heads, num_heads: int) -> str:
     return text if len(text) <= 60 else f"{len(heads)} heads"
 
 
-def _floats(values) -> list:
-    return [None if not np.isfinite(v) else round(float(v), 6) for v in np.asarray(values, np.float64)]
-
-
 def write_downloads(result: ViewResult, view: str, folder: str | None = None) -> list[str]:
     """The view's numbers as CSV (its main table) and JSON (the table with its metadata)."""
     data = result.table()
@@ -470,6 +451,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
             summary = gr.Markdown(elem_id="attention-summary")
             download = gr.Button("Download this view's data (CSV + JSON)", size="sm", elem_id="attention-download")
             files = gr.File(label="Data", file_count="multiple", visible=False, elem_id="attention-files")
+            # The layer the page redraws the heatmap from, and the request it sends when it cannot (ui.attention_heatmap).
+            redraw_source = gr.JSON(visible=False, elem_id="attention-redraw-source")
+            redraw_request = gr.Textbox("0", visible=False, elem_id="attention-redraw-request")
 
     if model_picker is None:  # an engine without a model registry: one fixed model
         model_picker = gr.Textbox(value="", visible=False)
@@ -498,14 +482,17 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     attention = friendly_errors(attention)
 
     def limits(text_value, *values):
+        """After a view is drawn: the sliders' ranges for this analysis, and the layer the page redraws from."""
+        controls = to_controls(values)
         try:
-            analysis = engine.cached_analysis(text_value, to_controls(values).model or None)
+            analysis = engine.cached_analysis(text_value, controls.model or None)
+            source = redraw_data(engine, text_value, controls) if analysis is not None else None
         except Exception:  # noqa: BLE001 - the error was already shown by the render
-            analysis = None
+            analysis = source = None
         if analysis is None:
-            return gr.update(), gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update(), None
         return (gr.update(maximum=analysis.num_layers), gr.update(maximum=analysis.num_heads),
-                gr.update(maximum=max(analysis.length - 1, 1)))
+                gr.update(maximum=max(analysis.length - 1, 1)), source)
 
     @friendly_errors
     def export(text_value, *values):
@@ -532,7 +519,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         return gr.update(maximum=_clamp(count, 1, 64))
 
     outputs = [plot, explanation, summary]
-    slider_limits = [layer, head, start]
+    slider_limits = [layer, head, start, redraw_source]
     def prefetch(text_value, *values):
         """After an analysis, compute its logit lens while the visitor looks at the first view, so
         that opening the lens later answers from the cache (the lens costs a few forwards)."""
@@ -550,15 +537,21 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                   concurrency_id="attention-prefetch", concurrency_limit=1)
     view.change(show_groups, [view], all_groups + [files], api_visibility="private", show_progress="hidden", queue=False)
     new_tokens.change(step_range, [new_tokens], [step], api_visibility="private", show_progress="hidden", queue=False)
-    # Sliders answer on change (typed numbers too); always_last drops the steps of a drag that a
-    # newer value has overtaken.
-    triggers = [c.change for c in (view, layer, head, aggregate, hide_sink, statistic, direction, step,
-                                   min_weight, start, links, new_tokens, continue_tokens)]
+    # A head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it holds,
+    # or, when it cannot, sets redraw_request, which asks the server like any other control.
+    gr.on([c.change for c in (head, aggregate, hide_sink, min_weight)], None,
+          [view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, text, redraw_source, plot, summary,
+           redraw_request], [plot, summary, redraw_request], js=REDRAW_JS, api_visibility="private")
+    # Sliders answer on change (typed numbers too); always_last drops the steps of a drag that a newer value
+    # has overtaken. Views of an analysis have their own concurrency group, so a slider never waits behind
+    # other visitors' analyses; a new model is a new analysis.
+    triggers = [c.change for c in (view, layer, statistic, direction, step, start, links, new_tokens, continue_tokens,
+                                   redraw_request)]
     triggers += [c.submit for c in (token, trace, watch, heads_off)]
-    triggers.append(model_picker.change)
-    gr.on(triggers, attention, inputs, outputs, api_visibility="private", trigger_mode="always_last",
-          show_progress="minimal", concurrency_id="attention") \
-        .then(limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
+    for event_triggers, group in ((triggers, "attention_views"), ([model_picker.change], "attention")):
+        gr.on(event_triggers, attention, inputs, outputs, api_visibility="private", trigger_mode="always_last",
+              show_progress="minimal", concurrency_id=group) \
+            .then(limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
     download.click(export, inputs, [files], api_visibility="private", concurrency_id="attention")
     def on_open(trigger) -> None:
         """Draw the text already in the box when the tab is opened (the analysis is cached, so later openings

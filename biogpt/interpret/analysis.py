@@ -17,7 +17,8 @@ from typing import Any, Callable, ClassVar, Hashable, Sequence
 import numpy as np
 import torch
 
-from .attention import AGGREGATES, STATISTICS, HeatmapCells, head_statistics, heatmap_cells, mean_over, rollout, token_links
+from .attention import (AGGREGATES, STATISTICS, HeatmapCells, head_statistics, heatmap_cells, hidden_row_totals, mean_over,
+                        rollout, token_links)
 from .attention import window as token_window
 from .hidden_states import hidden_norms, pca_trajectories
 from .labels import input_labels, vocab_labels
@@ -183,6 +184,10 @@ class Analysis:
     ) -> HeatmapCells:
         """`attention_map` made ready to draw at most `max_side` cells a side (see `heatmap_cells`)."""
         return heatmap_cells(self.attention_map(layer, head, aggregate), hide_first, min_weight, start, max_side)
+
+    def hidden_row_totals(self, layer: int, head: int = 0, aggregate: str = "head") -> np.ndarray:
+        """[T - 1] float32: what `heatmap(..., hide_first=True)` divides each row by (see attention.hidden_row_totals)."""
+        return hidden_row_totals(self.attention_map(layer, head, aggregate))
 
     def window(self, start: int, size: int) -> tuple[int, int]:
         """[first, last) of `size` consecutive tokens of this text starting near `start`."""

@@ -86,9 +86,15 @@ def hide_first_token(matrix: np.ndarray) -> np.ndarray:
     the first token's share; a row whose whole mass was on the first token becomes NaN.
     """
     inner = matrix[1:, 1:].astype(np.float32)
-    totals = inner.sum(-1, keepdims=True)
+    totals = hidden_row_totals(matrix)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(totals > 0, inner / totals, np.nan).astype(np.float32)
+
+
+def hidden_row_totals(matrix: np.ndarray) -> np.ndarray:
+    """What `hide_first_token` divides row i + 1 by: its weight on keys 1.., [T - 1] float32. A page that
+    redraws the map itself divides by these same numbers, so its cells equal the server's bit for bit."""
+    return matrix[1:, 1:].astype(np.float32).sum(-1)
 
 
 def threshold(matrix: np.ndarray, minimum: float) -> np.ndarray:

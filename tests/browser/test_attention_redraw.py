@@ -1,0 +1,218 @@
+"""The Attention tab's heatmap redrawn in the page (issue 15): a head, Show (one head or the layer's mean),
+the sink toggle and the threshold change the plot without asking the server, and the figure the page
+draws equals, number for number, the one the server draws for the same controls (`render_view`). A layer
+change asks the server once; what the page cannot redraw (hiding the sink of a pooled map) goes to the
+server and comes back right."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+
+import ui.attention_tab as attention_tab
+from biogpt.hub import ASSETS_DIR
+from tests.helpers import artifacts_dir, chromium_page
+
+PLOT = "#attention-plot .js-plotly-plot"
+SERVER_VIEW = attention_tab.render_view  # the server's drawing, called here without being counted
+SHORT = "Naloxone reverses the antihypertensive effect of clonidine in rats given a high dose of it."
+FIGURE = """(selector) => {
+    const el = document.querySelector(selector);
+    if (!el || !el._fullData) return null;
+    const z = el._fullData[0].z;
+    return {title: el.layout.title.text, x: Array.from(el.data[0].x),
+            y: Array.from(el.data[0].y), zmax: el.data[0].zmax, z: Array.from(z, (row) => Array.from(row))};
+}"""
+
+
+@pytest.fixture(scope="module")
+def server(attention_server):
+    return attention_server
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    url, _ = server
+    with chromium_page(url) as page:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.get_by_role("tab", name="Attention", exact=True).click()
+        page.wait_for_selector(PLOT, timeout=60_000)
+        yield page
+
+
+@pytest.fixture
+def server_views(monkeypatch):
+    """How many views the server drew (every page event of the tab goes through render_view)."""
+    calls = []
+    original = attention_tab.render_view
+
+    def counting(engine, text, controls):
+        calls.append(controls)
+        return original(engine, text, controls)
+
+    monkeypatch.setattr(attention_tab, "render_view", counting)
+    return calls
+
+
+def long_text(engine, tokens: int) -> str:
+    """Training-split texts from the app's examples cut to `tokens` tokens."""
+    examples = json.loads((ASSETS_DIR / "examples.json").read_text(encoding="utf-8"))
+    text = " ".join(e["text"] for key in ("ner", "classify") for e in examples[key])
+    tokenizer = engine.load("bundled", "generate").tokenizer
+    offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
+    assert len(offsets) >= tokens
+    return text[: offsets[tokens - 1][1]]
+
+
+def analyse(page, text: str) -> None:
+    page.fill("#attention-text textarea", text)
+    page.click("#attention-analyse")
+    page.wait_for_function("(t) => document.querySelector('#attention-summary').innerText.includes('this view took')"
+                           " && document.querySelector('#attention-text textarea').value === t", arg=text, timeout=60_000)
+    wait_for_source(page)
+
+
+def wait_for_source(page) -> None:
+    """The layer data arrives after the figure (the tab's `limits` step); wait until the page holds it."""
+    time.sleep(1.0)
+
+
+def set_control(page, name: str, value) -> None:
+    if name in ("head", "layer", "min_weight", "start"):
+        elem = {"min_weight": "attention-threshold"}.get(name, f"attention-{name}")
+        box = f"#{elem} input[type=number]"
+        page.fill(box, str(value))
+        page.press(box, "Enter")
+    elif name == "hide_sink":
+        box = page.locator("#attention-hide-sink input")
+        if box.is_checked() != value:
+            box.click()
+    elif name == "aggregate":
+        label = dict((key, label) for label, key in attention_tab.AGGREGATE_CHOICES)[value]
+        page.locator("#attention-aggregate").get_by_label(label, exact=True).check()
+
+
+def page_figure(page, before: str | None) -> dict:
+    page.wait_for_function("([s, b]) => { const el = document.querySelector(s); return el && el.layout &&"
+                           " JSON.stringify([el.layout.title.text, el.data[0].zmax, el.data[0].z.bdata]) !== b; }",
+                           arg=[PLOT, before], timeout=30_000)
+    time.sleep(0.2)
+    return page.evaluate(FIGURE, PLOT)
+
+
+def fingerprint(page) -> str:
+    return page.evaluate("(s) => { const el = document.querySelector(s);"
+                         " return JSON.stringify([el.layout.title.text, el.data[0].zmax, el.data[0].z.bdata]); }", PLOT)
+
+
+def assert_same_as_server(engine, text: str, controls: attention_tab.Controls, shown: dict) -> None:
+    figure = SERVER_VIEW(engine, text, controls).figure
+    trace = figure.data[0]
+    expected = np.asarray(trace.z, np.float32)
+    got = np.array([[np.nan if v is None else v for v in row] for row in shown["z"]], np.float32)
+    assert got.shape == expected.shape
+    assert np.array_equal(got, expected, equal_nan=True), np.nanmax(np.abs(got - expected))
+    assert shown["title"] == figure.layout.title.text
+    assert shown["x"] == list(trace.x) and shown["y"] == list(trace.y)
+    assert shown["zmax"] == trace.zmax
+    # The rest of the figure (height, colour bar, hover text, axes) is the payload's frame: see the test below.
+
+
+def summary(page) -> str:
+    return page.inner_text("#attention-summary")
+
+
+def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_would(server, page, server_views):
+    url, engine = server
+    analyse(page, SHORT)
+    controls = attention_tab.Controls(view="Heatmap", layer=1, head=1)
+    drawn_by_server = len(server_views)
+    steps = [("head", 3), ("aggregate", "heads"), ("hide_sink", True), ("min_weight", 0.05), ("aggregate", "head"),
+             ("head", 6), ("hide_sink", False), ("min_weight", 0.125), ("min_weight", 0)]
+    for name, value in steps:
+        before = fingerprint(page)
+        set_control(page, name, value)
+        setattr(controls, name, value)
+        shown = page_figure(page, before)
+        assert "redrawn in your browser" in summary(page)
+        assert_same_as_server(engine, SHORT, controls, shown)
+    assert len(server_views) == drawn_by_server, "the page asked the server for a view it can redraw itself"
+    page.screenshot(path=str(artifacts_dir() / "attention-redraw-short.png"))
+
+    before = fingerprint(page)
+    set_control(page, "layer", 3)  # another layer: the server draws it once, then the page holds layer 3
+    controls.layer = 3
+    assert_same_as_server(engine, SHORT, controls, page_figure(page, before))
+    assert len(server_views) == drawn_by_server + 1
+    wait_for_source(page)
+    before = fingerprint(page)
+    set_control(page, "head", 2)
+    controls.head = 2
+    assert_same_as_server(engine, SHORT, controls, page_figure(page, before))
+    assert len(server_views) == drawn_by_server + 1
+    assert not page.console_errors
+
+
+def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_server(server, page, server_views):
+    url, engine = server
+    text = long_text(engine, 290)
+    for name, value in (("layer", 2), ("head", 1), ("aggregate", "head"), ("hide_sink", False), ("min_weight", 0),
+                        ("start", 0)):
+        set_control(page, name, value)
+    analyse(page, text)
+    controls = attention_tab.Controls(view="Heatmap", layer=2, head=1)
+    drawn_by_server = len(server_views)
+
+    # Pooled (290 tokens in blocks of 2): heads and the layer mean in the page, as the server pools them.
+    for name, value in (("head", 4), ("aggregate", "heads"), ("aggregate", "head")):
+        before = fingerprint(page)
+        set_control(page, name, value)
+        setattr(controls, name, value)
+        assert_same_as_server(engine, text, controls, page_figure(page, before))
+    assert len(server_views) == drawn_by_server
+    # The sink is hidden before pooling, which the page cannot redo: the server draws it, then heads are local again.
+    before = fingerprint(page)
+    set_control(page, "hide_sink", True)
+    controls.hide_sink = True
+    assert_same_as_server(engine, text, controls, page_figure(page, before))
+    assert len(server_views) == drawn_by_server + 1
+    wait_for_source(page)
+    before = fingerprint(page)
+    set_control(page, "head", 5)
+    controls.head = 5
+    assert_same_as_server(engine, text, controls, page_figure(page, before))
+    assert len(server_views) == drawn_by_server + 1
+
+    # A zoom window (tokens 40-295 one a cell): the sink toggle is local too, renormalised by the whole row.
+    before = fingerprint(page)
+    set_control(page, "start", 40)
+    controls.start = 40
+    page_figure(page, before)
+    wait_for_source(page)
+    for name, value in (("hide_sink", False), ("head", 7), ("hide_sink", True), ("min_weight", 0.1)):
+        before = fingerprint(page)
+        set_control(page, name, value)
+        setattr(controls, name, value)
+        assert_same_as_server(engine, text, controls, page_figure(page, before))
+    assert len(server_views) == drawn_by_server + 2
+    page.screenshot(path=str(artifacts_dir() / "attention-redraw-window.png"))
+    assert not page.console_errors
+
+
+@pytest.mark.parametrize("tokens, start, hide", [(20, 0, False), (20, 0, True), (290, 0, True), (290, 40, True)])
+def test_the_payloads_frame_is_the_servers_figure_less_what_a_redraw_replaces(server, tokens, start, hide):
+    _, engine = server
+    text = long_text(engine, tokens)
+    controls = attention_tab.Controls(view="Heatmap", layer=2, head=3, hide_sink=hide, start=start)
+    figure = json.loads(SERVER_VIEW(engine, text, controls).figure.to_json())
+    payload = attention_tab.redraw_data(engine, text, controls)
+    del figure["data"][0]["z"], figure["data"][0]["zmax"]
+    figure["layout"]["title"]["text"] = ""
+    assert payload["frames"][str(hide).lower()] == figure
+    assert payload["pooled"] == (tokens > attention_tab.HEATMAP_SIDE and start == 0)
+    # float16 where exact: the heads (the analysis keeps them in float16), float32 for the layer's mean
+    assert [m["dtype"] for m in payload["maps"][:-1]] == ["f2"] * (len(payload["maps"]) - 1) or payload["pooled"]
+    assert payload["maps"][-1]["dtype"] == "f4"
