@@ -83,3 +83,26 @@ def chromium_page(url: str):
             yield page
         finally:
             context.close()
+
+
+@contextlib.contextmanager
+def offline_page(context, path: Path):
+    """A new page of `context` showing the file at `path` with every other request aborted: yields
+    (page, blocked URLs, page errors), for reports that must work without a network."""
+    page = context.new_page()
+    blocked, errors = [], []
+
+    def block(route):
+        if route.request.url.startswith("file://"):
+            route.continue_()
+        else:
+            blocked.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", block)
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
+    try:
+        yield page, blocked, errors
+    finally:
+        page.close()

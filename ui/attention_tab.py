@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,6 +24,7 @@ from ui import attention_plots as plots
 from ui import glossary, views
 from ui.attention_heatmap import floats as _floats
 from ui.attention_heatmap import REDRAW_JS, heatmap_payload, heatmap_view
+from ui.report import ReportSection, build_report, write_report
 
 VIEWS = ("Heatmap", "Overview", "Token links", "Hidden states", "Logit lens", "Generation replay", "Ablation")
 AGGREGATE_CHOICES = [
@@ -339,6 +340,24 @@ def write_downloads(result: ViewResult, view: str, folder: str | None = None) ->
     return [str(csv_path), str(json_path)]
 
 
+REPORT_VIEWS = ("Heatmap", "Overview")  # what a report holds besides the view on screen
+
+
+def report_html(engine, text: str, controls: Controls) -> str:
+    """The offline report of this analysis: the view on screen first, then the heatmap of the chosen head and
+    the overview of every head, each with its explanation and summary, and the settings that differ from
+    the defaults (ui.report: plotly.js inlined, no network)."""
+    shown = controls.view if controls.view in VIEWS else "Heatmap"
+    sections = []
+    for view in dict.fromkeys((shown, *REPORT_VIEWS)):
+        result = render_view(engine, text, replace(controls, view=view))
+        summary = result.summary.split(" · this view took")[0].replace("**", "")
+        sections.append(ReportSection(view, (result.explanation, summary), result.figure))
+    defaults = asdict(Controls())
+    settings = {name: value for name, value in asdict(controls).items() if value != defaults[name] or name == "view"}
+    return build_report("BioGPT Studio: attention report", text, settings, sections)
+
+
 # ----- the Gradio tab -------------------------------------------------------------------------
 
 FALLBACK_EXAMPLES = ["Naloxone reverses the antihypertensive effect of clonidine."]
@@ -449,7 +468,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
             plot = gr.Plot(label="Attention view", show_label=False, elem_id="attention-plot")
             # What belongs to this plot (the selected head, the watch list, the continuation) sits under it.
             summary = gr.Markdown(elem_id="attention-summary")
-            download = gr.Button("Download this view's data (CSV + JSON)", size="sm", elem_id="attention-download")
+            with gr.Row():
+                download = gr.Button("Download this view's data (CSV + JSON)", size="sm", elem_id="attention-download")
+                report = gr.Button("Download report (HTML, opens offline)", size="sm", elem_id="attention-report")
             files = gr.File(label="Data", file_count="multiple", visible=False, elem_id="attention-files")
             # The layer the page redraws the heatmap from, and the request it sends when it cannot (ui.attention_heatmap).
             redraw_source = gr.JSON(visible=False, elem_id="attention-redraw-source")
@@ -498,6 +519,10 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     def export(text_value, *values):
         c = to_controls(values)
         return gr.update(value=write_downloads(render_view(engine, text_value, c), c.view), visible=True)
+
+    @friendly_errors
+    def report_file(text_value, *values):
+        return gr.update(value=[write_report(report_html(engine, text_value, to_controls(values)))], visible=True)
 
     groups = {
         "Heatmap": [head_group, aggregate_group, heatmap_group, start_group],
@@ -553,6 +578,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
               show_progress="minimal", concurrency_id=group) \
             .then(limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
     download.click(export, inputs, [files], api_visibility="private", concurrency_id="attention")
+    report.click(report_file, inputs, [files], api_visibility="private", concurrency_id="attention")
     def on_open(trigger) -> None:
         """Draw the text already in the box when the tab is opened (the analysis is cached, so later openings
         only redraw)."""

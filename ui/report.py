@@ -18,7 +18,10 @@ import functools
 import html
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+from ui.views import export_folder
 
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data: blob:; font-src data:"
 PLOT_CONFIG = {
@@ -109,3 +112,10 @@ def build_report(title: str, text: str, settings: Mapping[str, Any], sections: S
         "It opens without a network: plotly.js is inside this file. Each plot's toolbar saves PNG (camera) "
         "and SVG (second camera).</footer>\n</body></html>\n"
     )
+
+
+def write_report(html_text: str, folder: str | None = None) -> str:
+    """Save a report among the app's exports (a bounded folder: the oldest exports are removed)."""
+    path = Path(folder or export_folder()) / "attention-report.html"
+    path.write_text(html_text, encoding="utf-8")
+    return str(path)

@@ -11,7 +11,6 @@ input is one sentence (a toast in the page, AppError over the API).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -20,10 +19,10 @@ import pandas as pd
 
 from biogpt.interpret import ROLES
 from ui import attention_plots as plots
-from ui import attention_tab, glossary, lessons, link_wiring, views
+from ui import attention_tab, glossary, lessons, link_wiring
 from ui.attention_tab import Controls, render_view
 from ui.common import controls_signature, model_dropdown, on_page, page_and_api, status_note
-from ui.report import ReportSection, build_report
+from ui.report import ReportSection, build_report, write_report
 
 COMPARE_VIEWS = ("Heatmap", "Overview", "Logit lens")
 DIFFERENCE_SCALE = "RdBu"  # diverging: red where A attends more, blue where B does
@@ -144,12 +143,6 @@ def report_html(text: str, settings: dict[str, Any], sections: dict[str, Any]) -
     parts = [ReportSection(title, section["explanation"], section.get("figure"), section.get("table", []))
              for title, section in sections.items()]
     return build_report("BioGPT Studio: attention report", text, settings, parts)
-
-
-def write_report(html_text: str, folder: str | None = None) -> str:
-    path = Path(folder or views.export_folder()) / "attention-report.html"  # bounded: old exports removed
-    path.write_text(html_text, encoding="utf-8")
-    return str(path)
 
 
 # ----- the Gradio tab -------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.helpers import artifacts_dir, chromium_page
+from tests.helpers import artifacts_dir, chromium_page, offline_page
 
 TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
 PLOT = "#attention-plot .js-plotly-plot"
@@ -137,4 +137,25 @@ def test_the_attention_tab_in_chromium(page):
     assert "attention-ablation.csv" in names and "attention-ablation.json" in names
 
     assert page.locator("[data-testid=toast-body]").count() == 0
+    assert page.console_errors == [], page.console_errors
+
+
+def test_the_attention_report_holds_the_view_on_screen_and_renders_offline(page, tmp_path):
+    """Download report: one HTML file with the view on screen (the ablation left by the test above), the chosen
+    head's heatmap and the overview, their explanations and settings; it draws with the network blocked."""
+    page.click("#attention-report")
+    link = page.locator("#attention-files a[download='attention-report.html']")
+    link.wait_for(timeout=60_000)
+    with page.expect_download() as download:
+        link.click()
+    report = tmp_path / "report.html"
+    download.value.save_as(report)
+    html = report.read_text(encoding="utf-8")
+    assert html.index("<h2>Ablation") < html.index("<h2>Heatmap") < html.index("<h2>Overview")
+    assert "heads_off" in html and TEXT in html
+    with offline_page(page.context, report) as (offline, blocked, errors):
+        offline.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 3", timeout=60_000)
+        assert offline.locator(".js-plotly-plot").count() == 3
+        offline.screenshot(path=str(artifacts_dir() / "attention-report-offline.png"))
+    assert not blocked and not errors, (blocked, errors)
     assert page.console_errors == [], page.console_errors

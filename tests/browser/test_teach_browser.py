@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.browser.test_every_user import axe_serious
-from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, artifacts_dir
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, artifacts_dir, offline_page
 
 
 
@@ -134,27 +134,14 @@ def test_the_downloaded_report_renders_offline(page, tmp_path):
     download.value.save_as(report)
     assert report.stat().st_size > 3_000_000  # plotly.js is inside
 
-    offline = page.context.new_page()  # every request of this page that is not the file itself is aborted
-    blocked, errors = [], []
-
-    def block(route):
-        if route.request.url.startswith("file://"):
-            route.continue_()
-        else:
-            blocked.append(route.request.url)
-            route.abort()
-
-    offline.route("**/*", block)
-    offline.on("pageerror", lambda error: errors.append(str(error)))
-    offline.goto(report.as_uri())
-    offline.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=60_000)
-    plots = offline.locator(".js-plotly-plot")
-    assert plots.count() >= 4  # the lesson, the head roles, and compare's A, B and A − B
-    plots.first.hover()
-    assert offline.locator(".modebar-btn[data-title='Download plot as a PNG']").count() >= 1
-    assert offline.locator(".modebar-btn[data-title='Download plot as SVG']").count() >= 1
-    offline.screenshot(path=str(artifacts_dir() / "teach-report-offline.png"))
-    offline.close()
+    with offline_page(page.context, report) as (offline, blocked, errors):  # every other request is aborted
+        offline.wait_for_function("document.querySelectorAll('.js-plotly-plot .main-svg').length >= 4", timeout=60_000)
+        plots = offline.locator(".js-plotly-plot")
+        assert plots.count() >= 4  # the lesson, the head roles, and compare's A, B and A − B
+        plots.first.hover()
+        assert offline.locator(".modebar-btn[data-title='Download plot as a PNG']").count() >= 1
+        assert offline.locator(".modebar-btn[data-title='Download plot as SVG']").count() >= 1
+        offline.screenshot(path=str(artifacts_dir() / "teach-report-offline.png"))
     assert not blocked and not errors, (blocked, errors)
     assert not page.console_errors, page.console_errors
 
