@@ -3,7 +3,7 @@
   // mean), "Hide the first-token sink" or "Hide weights below" changed: the numbers come from the layer
   // the server sent after its last heatmap (ui/attention_heatmap.py heatmap_payload), and the arithmetic is
   // Analysis.heatmap's, in float32, so the figure equals the server's bit for bit. Anything else goes to
-  // the server: the last output is a request the tab's server event listens to.
+  // the server: the last output is a request the tab's server event listens to. Returns [plot, summary, request].
   const started = performance.now();
   const toServer = () => [plot, summary, `${Date.now()}-${Math.random()}`];
   const p = payload;
@@ -18,7 +18,8 @@
   const h = Math.max(1, Math.min(p.heads, headNumber)) - 1;
   const index = aggregate === "head" ? h : p.heads;
   const frame = p.frames[String(p.pooled ? p.hide : hide)];
-  if (!frame) return toServer();
+  const shown = document.querySelector("#attention-plot .js-plotly-plot");
+  if (!frame || !shown || !window.Plotly) return toServer();
 
   const bytes = (b64) => Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0)).buffer;
   const halfToFloat = (bits) => {  // IEEE 754 binary16 -> number, exactly
@@ -74,13 +75,22 @@
   if (minimum > 0) notes.push(p.threshold_note.replace("{}", Number(minWeight).toFixed(2)));
   const what = aggregate === "head" ? p.what_head[h] : p.what_heads;
 
-  let binary = "";
-  const raw = new Uint8Array(z.buffer);
-  for (let i = 0; i < raw.length; i += 0x8000) binary += String.fromCharCode.apply(null, raw.subarray(i, i + 0x8000));
-  const figure = JSON.parse(JSON.stringify(frame));
-  Object.assign(figure.data[0], {z: {dtype: "f4", bdata: btoa(binary), shape: `${side}, ${side}`},
-                                 zmax: top === -Infinity || top === 0 ? 1 : top});
-  figure.layout.title.text = what + (notes.length ? p.notes_format.replace("{}", notes.join("; ")) : "");
+  const title = what + (notes.length ? p.notes_format.replace("{}", notes.join("; ")) : "");
+  const trace = frame.data[0];
+  // Straight into the plot Gradio drew: Plotly.update changes only the numbers, labels, title and height, which
+  // costs half of what Gradio's redraw of a new value does (it parses the whole figure and Plotly.react's it).
+  // Gradio's own value stays the server's last figure: the plot keeps its element across tab switches and
+  // resizes, so nothing redraws that value, and the next figure from the server replaces both.
+  // Labels and height change only with the sink toggle; leaving them out spares Plotly a new axis layout.
+  const rows = Array.from({length: side}, (_, r) => z.subarray(r * side, (r + 1) * side));
+  const data = {z: [rows], zmax: [top === -Infinity || top === 0 ? 1 : top]};
+  const layout = {"title.text": title};
+  const labels = shown.data[0].x || [];
+  if (labels.length !== trace.x.length || labels[0] !== trace.x[0] || shown._fullLayout.height !== frame.layout.height) {
+    Object.assign(data, {x: [trace.x], y: [trace.y]});
+    Object.assign(layout, {height: frame.layout.height, autosize: true});  // as Gradio lays out a new figure
+  }
+  window.Plotly.update(shown, data, layout);
   const ms = Math.max(1, Math.round(performance.now() - started));
-  return [{...plot, plot: JSON.stringify(figure)}, `${p.summary} · redrawn in your browser in ${ms} ms`, request];
+  return [plot, `${p.summary} · redrawn in your browser in ${ms} ms`, request];
 }

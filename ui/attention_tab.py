@@ -503,17 +503,29 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     attention = friendly_errors(attention)
 
     def limits(text_value, *values):
-        """After a view is drawn: the sliders' ranges for this analysis, and the layer the page redraws from."""
-        controls = to_controls(values)
+        """After a view is drawn: the sliders' ranges for this analysis (cheap, so not queued)."""
         try:
-            analysis = engine.cached_analysis(text_value, controls.model or None)
-            source = redraw_data(engine, text_value, controls) if analysis is not None else None
+            analysis = engine.cached_analysis(text_value, to_controls(values).model or None)
         except Exception:  # noqa: BLE001 - the error was already shown by the render
-            analysis = source = None
+            analysis = None
         if analysis is None:
-            return gr.update(), gr.update(), gr.update(), None
+            return gr.update(), gr.update(), gr.update()
         return (gr.update(maximum=analysis.num_layers), gr.update(maximum=analysis.num_heads),
-                gr.update(maximum=max(analysis.length - 1, 1)), source)
+                gr.update(maximum=max(analysis.length - 1, 1)))
+
+    def send_layer(text_value, *values):
+        """After a heatmap is drawn: the layer the page redraws it from (None for other views), queued with
+        the views because packing a layer of a long text is real work."""
+        try:
+            return redraw_data(engine, text_value, to_controls(values))
+        except Exception:  # noqa: BLE001 - the error was already shown by the render; the page then asks the server
+            return None
+
+    def after_drawing(event):
+        event.then(limits, inputs, [layer, head, start], api_visibility="private", show_progress="hidden", queue=False) \
+            .then(send_layer, inputs, [redraw_source], api_visibility="private", show_progress="hidden",
+                  concurrency_id="attention_views")
+        return event
 
     @friendly_errors
     def export(text_value, *values):
@@ -544,7 +556,6 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         return gr.update(maximum=_clamp(count, 1, 64))
 
     outputs = [plot, explanation, summary]
-    slider_limits = [layer, head, start, redraw_source]
     def prefetch(text_value, *values):
         """After an analysis, compute its logit lens while the visitor looks at the first view, so
         that opening the lens later answers from the cache (the lens costs a few forwards)."""
@@ -557,9 +568,8 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
 
     for event in (analyse.click(attention, inputs, outputs, api_name="attention", concurrency_id="attention"),
                   text.submit(attention, inputs, outputs, api_visibility="private", concurrency_id="attention")):
-        event.then(limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False) \
-            .then(prefetch, inputs, None, api_visibility="private", show_progress="hidden",
-                  concurrency_id="attention-prefetch", concurrency_limit=1)
+        after_drawing(event).then(prefetch, inputs, None, api_visibility="private", show_progress="hidden",
+                                  concurrency_id="attention-prefetch", concurrency_limit=1)
     view.change(show_groups, [view], all_groups + [files], api_visibility="private", show_progress="hidden", queue=False)
     new_tokens.change(step_range, [new_tokens], [step], api_visibility="private", show_progress="hidden", queue=False)
     # A head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it holds,
@@ -574,17 +584,15 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                                    redraw_request)]
     triggers += [c.submit for c in (token, trace, watch, heads_off)]
     for event_triggers, group in ((triggers, "attention_views"), ([model_picker.change], "attention")):
-        gr.on(event_triggers, attention, inputs, outputs, api_visibility="private", trigger_mode="always_last",
-              show_progress="minimal", concurrency_id=group) \
-            .then(limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
+        after_drawing(gr.on(event_triggers, attention, inputs, outputs, api_visibility="private",
+                            trigger_mode="always_last", show_progress="minimal", concurrency_id=group))
     download.click(export, inputs, [files], api_visibility="private", concurrency_id="attention")
     report.click(report_file, inputs, [files], api_visibility="private", concurrency_id="attention")
     def on_open(trigger) -> None:
         """Draw the text already in the box when the tab is opened (the analysis is cached, so later openings
         only redraw)."""
-        trigger(attention, inputs, outputs, api_visibility="private", show_progress="minimal",
-                concurrency_id="attention").then(
-            limits, inputs, slider_limits, api_visibility="private", show_progress="hidden", queue=False)
+        after_drawing(trigger(attention, inputs, outputs, api_visibility="private", show_progress="minimal",
+                              concurrency_id="attention"))
 
     return {"on_open": on_open, "text": text, "analyse": analyse, "plot": plot, "summary": summary,
             "explanation": explanation,

@@ -23,7 +23,7 @@ FIGURE = """(selector) => {
     const el = document.querySelector(selector);
     if (!el || !el._fullData) return null;
     const z = el._fullData[0].z;
-    return {title: el.layout.title.text, x: Array.from(el.data[0].x),
+    return {title: el.layout.title.text, height: el._fullLayout.height, x: Array.from(el.data[0].x),
             y: Array.from(el.data[0].y), zmax: el.data[0].zmax, z: Array.from(z, (row) => Array.from(row))};
 }"""
 
@@ -118,7 +118,8 @@ def assert_same_as_server(engine, text: str, controls: attention_tab.Controls, s
     assert shown["title"] == figure.layout.title.text
     assert shown["x"] == list(trace.x) and shown["y"] == list(trace.y)
     assert shown["zmax"] == trace.zmax
-    # The rest of the figure (height, colour bar, hover text, axes) is the payload's frame: see the test below.
+    assert shown["height"] == figure.layout.height
+    # The rest of the figure (colour bar, hover text, axes) is the payload's frame: see the test below.
 
 
 def summary(page) -> str:
