@@ -43,18 +43,38 @@ def page(server):
         yield page
 
 
+class ServerSpy(list):
+    """The views the server drew (every page event of the tab goes through render_view), and how many layers
+    it sent the page after them (each heatmap drawn by the server is followed by one)."""
+
+    sent = 0
+
+    def wait_for_layer(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while self.sent < len(self) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert self.sent >= len(self), "the server never sent the layer after its heatmap"
+        time.sleep(0.3)  # its way into the page
+
+
 @pytest.fixture
 def server_views(monkeypatch):
-    """How many views the server drew (every page event of the tab goes through render_view)."""
-    calls = []
-    original = attention_tab.render_view
+    spy = ServerSpy()
+    draw, send = attention_tab.render_view, attention_tab.redraw_data
 
     def counting(engine, text, controls):
-        calls.append(controls)
-        return original(engine, text, controls)
+        spy.append(controls)
+        return draw(engine, text, controls)
+
+    def sending(engine, text, controls):
+        try:
+            return send(engine, text, controls)
+        finally:
+            spy.sent += 1
 
     monkeypatch.setattr(attention_tab, "render_view", counting)
-    return calls
+    monkeypatch.setattr(attention_tab, "redraw_data", sending)
+    return spy
 
 
 def long_text(engine, tokens: int) -> str:
@@ -67,17 +87,12 @@ def long_text(engine, tokens: int) -> str:
     return text[: offsets[tokens - 1][1]]
 
 
-def analyse(page, text: str) -> None:
+def analyse(page, text: str, spy: ServerSpy) -> None:
     page.fill("#attention-text textarea", text)
     page.click("#attention-analyse")
     page.wait_for_function("(t) => document.querySelector('#attention-summary').innerText.includes('this view took')"
                            " && document.querySelector('#attention-text textarea').value === t", arg=text, timeout=60_000)
-    wait_for_source(page)
-
-
-def wait_for_source(page) -> None:
-    """The layer data arrives after the figure (the tab's `limits` step); wait until the page holds it."""
-    time.sleep(1.0)
+    spy.wait_for_layer()
 
 
 def set_control(page, name: str, value) -> None:
@@ -128,7 +143,7 @@ def summary(page) -> str:
 
 def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_would(server, page, server_views):
     url, engine = server
-    analyse(page, SHORT)
+    analyse(page, SHORT, server_views)
     controls = attention_tab.Controls(view="Heatmap", layer=1, head=1)
     drawn_by_server = len(server_views)
     steps = [("head", 3), ("aggregate", "heads"), ("hide_sink", True), ("min_weight", 0.05), ("aggregate", "head"),
@@ -148,7 +163,7 @@ def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_wo
     controls.layer = 3
     assert_same_as_server(engine, SHORT, controls, page_figure(page, before))
     assert len(server_views) == drawn_by_server + 1
-    wait_for_source(page)
+    server_views.wait_for_layer()
     before = fingerprint(page)
     set_control(page, "head", 2)
     controls.head = 2
@@ -163,7 +178,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     for name, value in (("layer", 2), ("head", 1), ("aggregate", "head"), ("hide_sink", False), ("min_weight", 0),
                         ("start", 0)):
         set_control(page, name, value)
-    analyse(page, text)
+    analyse(page, text, server_views)
     controls = attention_tab.Controls(view="Heatmap", layer=2, head=1)
     drawn_by_server = len(server_views)
 
@@ -180,7 +195,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     controls.hide_sink = True
     assert_same_as_server(engine, text, controls, page_figure(page, before))
     assert len(server_views) == drawn_by_server + 1
-    wait_for_source(page)
+    server_views.wait_for_layer()
     before = fingerprint(page)
     set_control(page, "head", 5)
     controls.head = 5
@@ -192,7 +207,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     set_control(page, "start", 40)
     controls.start = 40
     page_figure(page, before)
-    wait_for_source(page)
+    server_views.wait_for_layer()
     for name, value in (("hide_sink", False), ("head", 7), ("hide_sink", True), ("min_weight", 0.1)):
         before = fingerprint(page)
         set_control(page, name, value)
