@@ -21,7 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ui import attention_plots as plots
-from ui import glossary, views
+from ui import glossary, link_wiring, views
 from ui.attention_heatmap import floats as _floats
 from ui.attention_heatmap import REDRAW_JS, heatmap_payload, heatmap_view
 from ui.report import ReportSection, build_report, write_report
@@ -415,6 +415,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
             if model_picker is None and hasattr(engine, "model_choices"):
                 model_picker = model_dropdown(engine, "generate", "attention-model")
             analyse = gr.Button("Analyse", variant="primary", elem_id="attention-analyse")
+            copy_link = link_wiring.link_button("attention-copy-link")
     gr.Examples([[e] for e in examples], inputs=[text], label="Examples (from the training splits of BC5CDR and HoC)")
     view = gr.Radio(list(VIEWS), value="Heatmap", label="View", elem_id="attention-view")
     explanation = gr.Markdown(EXPLANATIONS["Heatmap"], elem_id="attention-explanation")
@@ -566,8 +567,13 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         except Exception:  # noqa: BLE001 - a prefetch never bothers the visitor; the view reports errors
             pass
 
+    # A shared link (issue 16): the URL follows the text and every control; opening a link fills them and
+    # fires link.opened(), drawn here as one analysis. The views its filled controls fire then find it cached.
+    link = link_wiring.shareable("attention", text, {f.name: components[f.name] for f in fields(Controls)})
+    link.copies_on(copy_link)
     for event in (analyse.click(attention, inputs, outputs, api_name="attention", concurrency_id="attention"),
-                  text.submit(attention, inputs, outputs, api_visibility="private", concurrency_id="attention")):
+                  gr.on([text.submit, link.opened().change], attention, inputs, outputs, api_visibility="private",
+                        concurrency_id="attention")):
         after_drawing(event).then(prefetch, inputs, None, api_visibility="private", show_progress="hidden",
                                   concurrency_id="attention-prefetch", concurrency_limit=1)
     view.change(show_groups, [view], all_groups + [files], api_visibility="private", show_progress="hidden", queue=False)
@@ -594,6 +600,6 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         after_drawing(trigger(attention, inputs, outputs, api_visibility="private", show_progress="minimal",
                               concurrency_id="attention"))
 
-    return {"on_open": on_open, "text": text, "analyse": analyse, "plot": plot, "summary": summary,
+    return {"on_open": on_open, "on_load": link, "text": text, "analyse": analyse, "plot": plot, "summary": summary,
             "explanation": explanation,
             "view": view, "layer": layer, "head": head, "model": model_picker, "attribution": attribution}

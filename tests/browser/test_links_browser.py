@@ -1,4 +1,4 @@
-"""Shareable links of the Generate, NER, Classify and Tasks tabs in Chromium (issue 16): changing a tab's
+"""Shareable links of the Generate, NER, Classify, Tasks and Attention tabs in Chromium (issue 16): changing a tab's
 settings changes the URL; that URL opened in a fresh browser context selects the tab, fills the same
 controls and shows the same result, and the server ran the tab exactly once for it (the engine's calls
 are counted); a tampered, garbled or too-long link is one toast and runs nothing.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
@@ -186,6 +186,53 @@ def test_tasks_link_extracts_the_same_table(server, visit):
     wait_for_query(page, tab="tasks", task="ddi", text="Aspirin may increase the effect of warfarin.")
     fresh, shown = run_share_and_reopen(page, visit, calls, "Tasks", "tasks", "#tasks-table", "paper_task")
     assert "aspirin" in shown
+
+
+def test_attention_link_opens_the_same_view_after_one_analysis(server, visit, monkeypatch):
+    """The Attention tab: text, view, layer, head (redrawn in the page) and the sink toggle go into the URL;
+    the link opened fresh shows the same heatmap after one forward, with no refusal from the visitor's limits."""
+    import biogpt.interpret.cache as analysis_cache
+
+    forwards = []
+    original = analysis_cache.analyze
+    monkeypatch.setattr(analysis_cache, "analyze", lambda *a, **k: forwards.append(a[2]) or original(*a, **k))
+    url, _ = server
+    text = "Aspirin inhibits platelet aggregation in patients with coronary disease."
+    page = visit(url)
+    page.get_by_role("tab", name="Attention", exact=True).click()
+    page.fill("#attention-text textarea", text)
+    page.click("#attention-analyse")
+    page.wait_for_function("(t) => document.querySelector('#attention-summary').innerText.includes('this view took')"
+                           " && document.querySelector('.js-plotly-plot')", arg=text, timeout=60_000)
+    for elem, value in (("#attention-layer", "3"), ("#attention-head", "2")):
+        page.fill(f"{elem} input[type=number]", value)
+        page.press(f"{elem} input[type=number]", "Enter")
+        time.sleep(1.0)
+    page.locator("#attention-hide-sink input").click()
+    wait_for_query(page, tab="attention", text=text, layer="3", head="2", hide_sink="1")
+    title = "Layer 3, head 2 <span style='font-size:12px'>(first token hidden, rows renormalised)</span>"
+    page.wait_for_function("(t) => document.querySelector('#attention-plot .js-plotly-plot').layout.title.text === t",
+                           arg=title, timeout=30_000)
+    link = copied_link(page, "#attention-copy-link")
+    assert set(parse_qs(urlsplit(link).query)) == {"tab", "text", "layer", "head", "hide_sink"}
+
+    # Opened fresh with a text the server has not analysed (a visitor's own edit of the link): one forward.
+    query = parse_qs(urlsplit(link).query)
+    assert query["text"] == [text]
+    text = text.replace("Aspirin", "Ibuprofen")
+    link = link.split("?")[0] + "?" + urlencode({**{key: values[0] for key, values in query.items()}, "text": text})
+    forwards.clear()
+    fresh = visit(link)
+    fresh.wait_for_function("(t) => { const el = document.querySelector('#attention-plot .js-plotly-plot');"
+                            " return el && el.layout.title.text === t; }", arg=title, timeout=60_000)
+    assert fresh.get_attribute("button[role=tab]:text-is('Attention')", "aria-selected") == "true"
+    assert fresh.input_value("#attention-text textarea") == text
+    assert fresh.input_value("#attention-layer input[type=number]") == "3"
+    assert fresh.locator("#attention-hide-sink input").is_checked()
+    time.sleep(1.5)  # any further request of the link would have run or been refused by now
+    assert forwards == [text], forwards
+    assert fresh.locator("[data-testid=toast-body]").count() == 0
+    assert not fresh.console_errors, fresh.console_errors
 
 
 @pytest.mark.parametrize("query, sentence", [
