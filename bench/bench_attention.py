@@ -8,7 +8,8 @@
    The first opening of the logit lens, the generation replay and an ablation run the model's
    weights by nature; they are reported apart.
 3. Bytes sent to the browser per view (the plotly JSON) at --tokens and --long tokens, and the
-   size of the full attention tensor the browser never receives.
+   size of the full attention tensor the browser never receives; then the layer the page redraws a
+   heatmap from (its heads, the layer's mean and the sink toggle's row totals), sent after each heatmap.
 4. Teaching (issue 16) at --tokens and --long tokens: head roles (the probe's one batched forward
    against a plain forward with attentions of the same probe, then the cached answer), the
    ablated analysis of a comparison against a plain forward of the text, a comparison's views
@@ -167,8 +168,29 @@ def main() -> None:
     for view in VIEWS:
         print(f"| {view} | "
               + " | ".join(f"{sizes[t][view][0] / 1024:,.0f} | {1000 * sizes[t][view][1]:.0f}" for t in sizes) + " |")
+    layer_data_costs(engine, {tokens: (text if tokens == args.tokens else text_of(tokenizer, tokens)) for tokens in sizes},
+                     args.repeats)
 
     teaching_costs(model, tokenizer, args)
+
+
+def layer_data_costs(engine, texts: dict[int, str], repeats: int) -> None:
+    """Part 3b: the layer the page redraws a heatmap from (ui.attention_heatmap, issue 15): what the server
+    sends after each heatmap it draws, its bytes and its server time (a queued step after the figure)."""
+    from ui.attention_tab import Controls, redraw_data, render_view
+
+    print("\n## The layer sent for redrawing in the page, after a heatmap (JSON bytes, server ms, median)")
+    print("| text | shape of the maps | KiB | ms |\n|---|---|---:|---:|")
+    for tokens, current in texts.items():
+        for what, controls in (("whole text", Controls(layer=12)), ("sink hidden", Controls(layer=12, hide_sink=True)),
+                               ("zoom window at 300", Controls(layer=12, start=300))):
+            if controls.start and tokens <= 256:
+                continue
+            render_view(engine, current, controls)
+            payload = redraw_data(engine, current, controls)
+            seconds = timed(lambda: json.dumps(redraw_data(engine, current, controls)), repeats)
+            shape = "pooled, this toggle only" if payload["pooled"] else "one token a cell, both toggles"
+            print(f"| {tokens} tokens, {what} | {shape} | {len(json.dumps(payload)) / 1024:,.0f} | {1000 * seconds:.0f} |")
 
 
 def teaching_costs(model, tokenizer, args) -> None:
