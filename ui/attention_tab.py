@@ -567,15 +567,12 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         except Exception:  # noqa: BLE001 - a prefetch never bothers the visitor; the view reports errors
             pass
 
-    # A shared link (issue 16): the URL follows the text and every control; opening a link fills them and
-    # fires link.opened(), drawn here as one analysis. The views its filled controls fire then find it cached.
-    link = link_wiring.shareable("attention", text, {f.name: components[f.name] for f in fields(Controls)})
-    link.copies_on(copy_link)
-    for event in (analyse.click(attention, inputs, outputs, api_name="attention", concurrency_id="attention"),
-                  gr.on([text.submit, link.opened().change], attention, inputs, outputs, api_visibility="private",
-                        concurrency_id="attention")):
+    def analysis_event(event):
         after_drawing(event).then(prefetch, inputs, None, api_visibility="private", show_progress="hidden",
                                   concurrency_id="attention-prefetch", concurrency_limit=1)
+
+    analysis_event(analyse.click(attention, inputs, outputs, api_name="attention", concurrency_id="attention"))
+    analysis_event(text.submit(attention, inputs, outputs, api_visibility="private", concurrency_id="attention"))
     view.change(show_groups, [view], all_groups + [files], api_visibility="private", show_progress="hidden", queue=False)
     new_tokens.change(step_range, [new_tokens], [step], api_visibility="private", show_progress="hidden", queue=False)
     # A head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it holds,
@@ -592,6 +589,12 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     for event_triggers, group in ((triggers, "attention_views"), ([model_picker.change], "attention")):
         after_drawing(gr.on(event_triggers, attention, inputs, outputs, api_visibility="private",
                             trigger_mode="always_last", show_progress="minimal", concurrency_id=group))
+    # A shared link (issue 16): the URL follows the text and every control; opening a link fills them and fires
+    # link.opened(), drawn as one analysis (the views its filled controls fire then find it cached). Wired after
+    # the redraws: Gradio runs a trigger's handlers in order, and the link's server round trip must not delay them.
+    link = link_wiring.shareable("attention", text, {f.name: components[f.name] for f in fields(Controls)})
+    link.copies_on(copy_link)
+    analysis_event(link.opened().change(attention, inputs, outputs, api_visibility="private", concurrency_id="attention"))
     download.click(export, inputs, [files], api_visibility="private", concurrency_id="attention")
     report.click(report_file, inputs, [files], api_visibility="private", concurrency_id="attention")
     def on_open(trigger) -> None:

@@ -58,6 +58,13 @@ def _encoder(tab_id: str, names: list[str], defaults: Mapping[str, Any]) -> Call
 
 # Numbers each state change in the page: encodings may come back out of order, and only a newer one is written.
 NUMBER_JS = "(...values) => [...values.slice(0, -1), (window.studioLinkNumber = (window.studioLinkNumber || 0) + 1)]"
+# Resolves SETTLE_MS after a change: with a new value when no other change came meanwhile, else unchanged.
+SETTLE_MS = 300
+SETTLE_JS = f"""async (settled) => {{
+  const mine = (window.studioLinkChange = (window.studioLinkChange || 0) + 1);
+  await new Promise((done) => setTimeout(done, {SETTLE_MS}));
+  return mine === window.studioLinkChange ? String(mine) : settled;
+}}"""
 WRITE_NEWER_URL_JS = f"""(numbered) => {{
   if (!numbered) return;
   const cut = numbered.indexOf('|'), number = Number(numbered.slice(0, cut));
@@ -82,9 +89,13 @@ def track(tab_id: str, text: gr.components.Component, controls: Mapping[str, gr.
     # Every change is encoded ("always_last" dropped a control changed while the text's encoding was under way);
     # the page numbers them and writes only the newest (see WRITE_NEWER_URL_JS). Changed by the visitor or set
     # by the tab itself (a lesson sets its text, a link fills the controls).
+    # The encoding waits until the visitor pauses (SETTLE_JS): a request in flight for every keystroke or slider
+    # step kept the page busy, and a redraw in the page (the Attention heatmap) showed ~100 ms later.
+    settled = gr.Textbox("", visible=False)
     triggers = [text.change, *(component.change for component in controls.values())]
-    gr.on(triggers, encode_numbered, [text, *controls.values(), number], [numbered], js=NUMBER_JS,
-          trigger_mode="multiple", **HIDDEN_EVENT)
+    gr.on(triggers, None, [settled], [settled], js=SETTLE_JS, api_visibility="private")
+    settled.change(encode_numbered, [text, *controls.values(), number], [numbered], js=NUMBER_JS,
+                   trigger_mode="multiple", **HIDDEN_EVENT)
     # On the hidden box's change, not in a .then: a .then's js read the box before its new value had arrived.
     numbered.change(None, [numbered], None, js=WRITE_NEWER_URL_JS, api_visibility="private")
 
