@@ -216,6 +216,12 @@ def teaching_costs(model, tokenizer, args) -> None:
     print(f"head roles: probe of {roles.probe.shape[0]} x {roles.probe.shape[1]} tokens, {roles.forwards} forward; "
           f"{medians['roles']:.3f} s vs a plain forward of the probe with attentions {medians['forward']:.3f} s: "
           f"ratio {medians['roles'] / medians['forward']:.2f} (target <= 1.5); cached {1000 * cached:.2f} ms")
+    from ui.teach_tab import roles_grid, roles_table
+
+    panel = max(timed(lambda: (roles_grid(roles, role).to_json(), roles_table(roles, role)), max(repeats, 7))
+                for role in interpret.ROLES)
+    print(f"head roles panel (the grid's figure JSON and the sorted table, roles cached): at most {1000 * panel:.1f} ms"
+          " a role (target <= 100 ms)")
     print("\n| tokens | ablated analysis / plain forward (heads 6.4 off) | formula row, first, s | formula row / plain forward |"
           "\n|---:|---:|---:|---:|")
     for tokens in (args.tokens, args.long):
