@@ -17,7 +17,22 @@
   const nameRadiosAndPlaceholders = () => {
     nameRadios();
     document.querySelectorAll("div.empty[aria-label]:not([role])").forEach((d) => d.setAttribute("role", "img"));
+    document.querySelectorAll(".js-plotly-plot").forEach(fitSquareOnPhone);
   };
+  // A heatmap with square cells (its y axis anchored to x) is drawn for a desktop's height; on a phone the
+  // screen's width limits the square, which left white space under it: there its height follows its width.
+  const fitSquare = (plot) => {
+    const layout = plot._fullLayout;
+    if (!layout || !layout.yaxis || layout.yaxis.scaleanchor !== "x" || window.innerWidth > 640 || !window.Plotly) return;
+    const size = layout._size, wanted = Math.round(layout.xaxis._length + size.t + size.b);
+    if (Math.abs(layout.height - wanted) > 8) window.Plotly.relayout(plot, { height: wanted });
+  };
+  function fitSquareOnPhone(plot) {
+    if (plot.studioFitsSquare || !plot.on) return;
+    plot.studioFitsSquare = true;
+    plot.on("plotly_afterplot", () => fitSquare(plot));
+    fitSquare(plot);
+  }
   nameRadiosAndPlaceholders();
   new MutationObserver(nameRadiosAndPlaceholders).observe(document.body,
     { childList: true, subtree: true, attributes: true, attributeFilter: ["name"] });

@@ -507,6 +507,9 @@ def test_at_238_tokens_heatmap_labels_sit_on_their_cells_and_the_logit_lens_fits
             assert abs(axes["x"]["length"] - axes["y"]["length"]) < 1, axes
             assert sorted(axes["x"]["vals"]) == sorted(axes["y"]["vals"]) and len(axes["x"]["vals"]) >= 4, axes
             assert axes["x"]["wrong"] == axes["y"]["wrong"] == 0 and axes["x"]["ticks"] == "outside", axes
+            if size_name == "phone":  # the square fills the plot's height: no white space under it
+                page.wait_for_function("(s) => { const fl = document.querySelector(s)._fullLayout;"
+                                       " return fl._size.h - fl.yaxis._length < 12; }", arg=PLOT, timeout=10_000)
             shot(page, f"attention-heatmap-238-{size_name}")
             # Logit lens: the title inside the figure, the row names left of the cells, and every cell's
             # text within its cell (on a phone the cells are too narrow and show colour only).
