@@ -55,8 +55,10 @@ def build_generate_tab(engine: Engine) -> dict:
     limits = engine.limits
     defaults = GenerationRequest(prompt="", **{k: v for k, v in PRESETS[DEFAULT_PRESET].items()})
     model = model_dropdown(engine, "generate", elem_id="gen-model")
-    with gr.Tabs():
-        with gr.Tab("Free text", id="free-text"):
+    # Which sub-tab is open: a link names it (its "sub_tab") and opens it again.
+    sub_tab = gr.Radio(["free-text", "pubmedqa"], value="free-text", visible=False, elem_id="gen-sub-tab")
+    with gr.Tabs() as sub_tabs:
+        with gr.Tab("Free text", id="free-text") as free_text_tab:
             # On a phone the columns stack; assets/style.css then orders their parts: the prompt and
             # Generate, the main settings, the result, the other settings, the examples last.
             with gr.Row(equal_height=False, elem_id="gen-layout"):
@@ -117,7 +119,7 @@ def build_generate_tab(engine: Engine) -> dict:
                         "when the seed is -1 and shown with the result.",
                         elem_classes=["hint"],
                     )
-        with gr.Tab("PubMedQA", id="pubmedqa"):
+        with gr.Tab("PubMedQA", id="pubmedqa") as pubmedqa_tab:
             gr.Markdown(
                 "BioGPT's PubMedQA format: the question and its abstract become "
                 "`question: … context: …` followed by *the answer to the question given the context is*, "
@@ -133,7 +135,9 @@ def build_generate_tab(engine: Engine) -> dict:
                                       interactive=False, elem_id="qa-gold")
                     with gr.Accordion("Long answer (optional: the reasoning-free setting)", open=False):
                         long_answer = gr.Textbox("", label="Long answer", lines=2, elem_id="qa-long-answer")
-                    answer_run = gr.Button("Answer yes / no / maybe", variant="primary", elem_id="qa-run")
+                    with gr.Row():
+                        answer_run = gr.Button("Answer yes / no / maybe", variant="primary", elem_id="qa-run", scale=3)
+                        qa_copy_link = link_wiring.link_button("qa-copy-link")
                     gr.Examples([[e["question"], e["context"], e["label"]] for e in examples["pubmedqa"]],
                                 inputs=[question, context, gold], label="Examples (PubMedQA training set)",
                                 elem_id="qa-examples")
@@ -192,12 +196,21 @@ def build_generate_tab(engine: Engine) -> dict:
                              "a table of token probabilities and the full result as JSON (settings and seed included). "
                              "forced_token_ids ([ids] or '5, 17') and/or forced_text are emitted first (a branch; "
                              "the settings then name them and the sampler rule).")
-    # Shareable links: the prompt, model, preset and decoding settings (seed included); a link runs it once.
-    link = link_wiring.shareable("generate", prompt, {"model": model, "preset": preset, **{
-        name: controls[name] for name in REQUEST_FIELDS if name != "prompt"}})
+    # Shareable links: the prompt, model, preset and decoding settings (seed included), and PubMedQA's question,
+    # context and long answer; the link opens the sub-tab it was made on and runs that one once.
+    free_text_tab.select(lambda: "free-text", None, sub_tab, **PRIVATE)
+    pubmedqa_tab.select(lambda: "pubmedqa", None, sub_tab, **PRIVATE)
+    link = link_wiring.shareable(
+        "generate", prompt, {"sub_tab": sub_tab, "model": model, "preset": preset,
+                             **{name: controls[name] for name in REQUEST_FIELDS if name != "prompt"},
+                             "question": question, "context": context, "long_answer": long_answer},
+        action_key="sub_tab", arrange=lambda settings: {sub_tabs: gr.Tabs(selected=settings["sub_tab"])},
+        arranged=[sub_tabs])
     link.copies_on(copy_link)
+    link.copies_on(qa_copy_link)
     # A new run forgets the previous result first: Stop before its first token shows nothing old.
-    generation = gr.on([run.click, prompt.submit, link.opened().change], lambda: None, None, latest, **PRIVATE).then(
+    generation = gr.on([run.click, prompt.submit, link.opened("free-text").change], lambda: None, None, latest,
+                       **PRIVATE).then(
         on_page(generate, len(outputs)), inputs, [*outputs, status], api_visibility="private",
         concurrency_id="generate", concurrency_limit=generate_concurrency(engine))
     # The message is set in a second step: an update the cancelled stream had already sent could
@@ -236,8 +249,9 @@ def build_generate_tab(engine: Engine) -> dict:
 
     # A question typed by hand has no gold answer.
     question.input(lambda: "", None, gold, **PRIVATE)
-    page_and_api([answer_run.click, question.submit], answer_pubmedqa, [question, context, model, long_answer, gold],
-                 [answer, answer_plot, answer_info, answer_prompt], answer_status, api_name="pubmedqa",
+    page_and_api([answer_run.click, question.submit, link.opened("pubmedqa").change], answer_pubmedqa,
+                 [question, context, model, long_answer, gold], [answer, answer_plot, answer_info, answer_prompt],
+                 answer_status, api_name="pubmedqa",
                  api_description="Score yes / no / maybe for a question and its context (BioGPT's PubMedQA prompt). "
                                  "The first output is a softmax over the three log-likelihoods: uncalibrated, "
                                  "so read it with the log-likelihoods in the summary.")

@@ -1,5 +1,5 @@
-"""Shareable links of the Generate, NER, Classify, Tasks and Attention tabs in Chromium (issue 16): changing a tab's
-settings changes the URL; that URL opened in a fresh browser context selects the tab, fills the same
+"""Shareable links of the Generate (free text and PubMedQA), NER, Classify, Tasks and Attention tabs in Chromium
+(issue 16): changing a tab's settings changes the URL; that URL opened in a fresh browser context selects the tab, fills the same
 controls and shows the same result, and the server ran the tab exactly once for it (the engine's calls
 are counted); a tampered, garbled or too-long link is one toast and runs nothing.
 
@@ -17,7 +17,7 @@ from testkit.app_server import KNOWN_NER_TEXT, running_app
 from tests.api.paper_task_model import build_scripted_ddi_model
 from tests.browser import test_teach_browser
 
-COUNTED = ("generate", "ner", "classify", "zero_shot", "paper_task")
+COUNTED = ("generate", "answer_pubmedqa", "ner", "classify", "zero_shot", "paper_task")
 browser = test_teach_browser.browser  # the fixture: one Chromium for the module
 
 
@@ -176,6 +176,33 @@ def test_classify_links_open_the_zero_shot_ranking_and_the_supervised_labels(ser
     assert fresh.input_value("#cls-text textarea") == "Tumour cells evade apoptosis."
 
 
+def test_generate_link_opens_the_pubmedqa_sub_tab_and_answers_once(server, visit):
+    """PubMedQA's question, context and long answer go into the Generate link with sub_tab=pubmedqa; the link
+    opened fresh selects Generate and its PubMedQA sub-tab, fills them and scores the answers once (no free text)."""
+    url, calls = server
+    question = "Does aspirin reduce the risk of colorectal cancer?"
+    context = "In a cohort of 2,000 adults, daily aspirin was followed by fewer colorectal adenomas (p < 0.01)."
+    page = visit(url)
+    page.get_by_role("tab", name="PubMedQA", exact=True).click()
+    page.fill("#qa-question textarea", question)
+    page.fill("#qa-context textarea", context)
+    page.get_by_text("Long answer (optional").click()
+    page.fill("#qa-long-answer textarea", "Yes, in this cohort.")
+    wait_for_query(page, tab="generate", sub_tab="pubmedqa", question=question, context=context,
+                   long_answer="Yes, in this cohort.")
+    assert set(query_of(page)) == {"tab", "sub_tab", "question", "context", "long_answer"}
+    fresh, shown = run_share_and_reopen(page, visit, calls, "Generate", "qa", "#qa-info", "answer_pubmedqa")
+    assert "model's answer" in shown
+    assert fresh.get_attribute("button[role=tab]:text-is('PubMedQA')", "aria-selected") == "true"
+    assert fresh.input_value("#qa-question textarea") == question
+    assert fresh.input_value("#qa-context textarea") == context
+    fresh.get_by_text("Long answer (optional").click()  # accordions render their contents once opened
+    fresh.get_by_text("Prompt sent to the model").click()
+    assert fresh.input_value("#qa-long-answer textarea") == "Yes, in this cohort."
+    assert "Yes, in this cohort." in fresh.input_value("#qa-prompt textarea")  # the long answer reached the engine
+    assert not fresh.console_errors, fresh.console_errors
+
+
 def test_tasks_link_extracts_the_same_table(server, visit):
     url, calls = server
     page = visit(url)
@@ -241,6 +268,7 @@ def test_attention_link_opens_the_same_view_after_one_analysis(server, visit, mo
     ("tab=ner&z=%25%25notbase64", "The link's compressed text is damaged"),
     ("tab=ner&text=" + "a" * 7000, "a link holds at most 6,000"),
     ("tab=generate&text=x&seed=many", "The link's seed must be a whole number"),
+    ("tab=generate&sub_tab=answers&question=x", "The link's sub_tab must be one of free-text, pubmedqa"),
 ])
 def test_a_bad_link_is_one_toast_and_runs_nothing(server, visit, query, sentence):
     url, calls = server
