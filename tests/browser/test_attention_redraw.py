@@ -54,7 +54,7 @@ class ServerSpy(list):
         while self.sent < len(self) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert self.sent >= len(self), "the server never sent the layer after its heatmap"
-        time.sleep(0.3)  # its way into the page
+        time.sleep(1.5)  # its way into the page: up to 2.9 MiB of JSON to send and parse on two busy cores
 
 
 @pytest.fixture
