@@ -81,12 +81,13 @@
   // costs half of what Gradio's redraw of a new value does (it parses the whole figure and Plotly.react's it).
   // Gradio's own value stays the server's last figure: the plot keeps its element across tab switches and
   // resizes, so nothing redraws that value, and the next figure from the server replaces both.
-  // Labels and height change only with the sink toggle; leaving them out spares Plotly a new axis layout.
+  // Labels and height change only with the sink toggle; leaving them out spares Plotly a new axis layout
+  // (and keeps the height a phone fitted to its width, assets/studio.js).
   const rows = Array.from({length: side}, (_, r) => z.subarray(r * side, (r + 1) * side));
   const data = {z: [rows], zmax: [top === -Infinity || top === 0 ? 1 : top]};
   const layout = {"title.text": title};
   const labels = shown.data[0].x || [];
-  if (labels.length !== trace.x.length || labels[0] !== trace.x[0] || shown._fullLayout.height !== frame.layout.height) {
+  if (labels.length !== trace.x.length || labels[0] !== trace.x[0]) {
     Object.assign(data, {x: [trace.x], y: [trace.y]});
     Object.assign(layout, {height: frame.layout.height, autosize: true});  // as Gradio lays out a new figure
   }

@@ -4,7 +4,9 @@ Thin by design: every control calls `render_view` with the whole state of the co
 the engine for the analysis (cached by model and text, so only a new text runs the model), picks
 the numbers one view needs from it (the `Analysis` and the engine's views), and hands them to a
 builder in `ui.attention_plots`. `/attention` on the API is the same function with the text first
-and every other argument defaulted: the fields of `Controls`, listed once.
+and every other argument defaulted: the fields of `Controls`, listed once. The heatmap's head, Show,
+sink toggle and threshold are the exception: the page redraws them from the layer the server sent
+after the heatmap (`ui.attention_heatmap`), and asks `render_view` only when it cannot.
 
 Positions are numbered from 0 (token #0 is the `</s>` marker BioGPT puts first, so the text's
 first token is #1); layers and heads are numbered from 1 as in papers.
@@ -13,6 +15,7 @@ first token is #1); layers and heads are numbered from 1 as in papers.
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -351,7 +354,7 @@ def report_html(engine, text: str, controls: Controls) -> str:
     sections = []
     for view in dict.fromkeys((shown, *REPORT_VIEWS)):
         result = render_view(engine, text, replace(controls, view=view))
-        summary = result.summary.split(" · this view took")[0].replace("**", "")
+        summary = re.sub(r" · this view took \d+ ms", "", result.summary).replace("**", "")
         sections.append(ReportSection(view, (result.explanation, summary), result.figure))
     defaults = asdict(Controls())
     settings = {name: value for name, value in asdict(controls).items() if value != defaults[name] or name == "view"}
