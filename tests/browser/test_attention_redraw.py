@@ -137,6 +137,14 @@ def assert_same_as_server(engine, text: str, controls: attention_tab.Controls, s
     # The rest of the figure (colour bar, hover text, axes) is the payload's frame: see the test below.
 
 
+def change_and_compare(page, engine, text: str, controls: attention_tab.Controls, name: str, value) -> None:
+    """Change one control in the page, then compare the plot it shows with the server's figure for the same controls."""
+    before = fingerprint(page)
+    set_control(page, name, value)
+    setattr(controls, name, value)
+    assert_same_as_server(engine, text, controls, page_figure(page, before))
+
+
 def summary(page) -> str:
     return page.inner_text("#attention-summary")
 
@@ -149,25 +157,15 @@ def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_wo
     steps = [("head", 3), ("aggregate", "heads"), ("hide_sink", True), ("min_weight", 0.05), ("aggregate", "head"),
              ("head", 6), ("hide_sink", False), ("min_weight", 0.125), ("min_weight", 0)]
     for name, value in steps:
-        before = fingerprint(page)
-        set_control(page, name, value)
-        setattr(controls, name, value)
-        shown = page_figure(page, before)
+        change_and_compare(page, engine, SHORT, controls, name, value)
         assert "redrawn in your browser" in summary(page)
-        assert_same_as_server(engine, SHORT, controls, shown)
     assert len(server_views) == drawn_by_server, "the page asked the server for a view it can redraw itself"
     page.screenshot(path=str(artifacts_dir() / "attention-redraw-short.png"))
 
-    before = fingerprint(page)
-    set_control(page, "layer", 3)  # another layer: the server draws it once, then the page holds layer 3
-    controls.layer = 3
-    assert_same_as_server(engine, SHORT, controls, page_figure(page, before))
+    change_and_compare(page, engine, SHORT, controls, "layer", 3)  # the server draws it, then the page holds layer 3
     assert len(server_views) == drawn_by_server + 1
     server_views.wait_for_layer()
-    before = fingerprint(page)
-    set_control(page, "head", 2)
-    controls.head = 2
-    assert_same_as_server(engine, SHORT, controls, page_figure(page, before))
+    change_and_compare(page, engine, SHORT, controls, "head", 2)
     assert len(server_views) == drawn_by_server + 1
     assert not page.console_errors
 
@@ -184,22 +182,13 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
 
     # Pooled (290 tokens in blocks of 2): heads and the layer mean in the page, as the server pools them.
     for name, value in (("head", 4), ("aggregate", "heads"), ("aggregate", "head")):
-        before = fingerprint(page)
-        set_control(page, name, value)
-        setattr(controls, name, value)
-        assert_same_as_server(engine, text, controls, page_figure(page, before))
+        change_and_compare(page, engine, text, controls, name, value)
     assert len(server_views) == drawn_by_server
     # The sink is hidden before pooling, which the page cannot redo: the server draws it, then heads are local again.
-    before = fingerprint(page)
-    set_control(page, "hide_sink", True)
-    controls.hide_sink = True
-    assert_same_as_server(engine, text, controls, page_figure(page, before))
+    change_and_compare(page, engine, text, controls, "hide_sink", True)
     assert len(server_views) == drawn_by_server + 1
     server_views.wait_for_layer()
-    before = fingerprint(page)
-    set_control(page, "head", 5)
-    controls.head = 5
-    assert_same_as_server(engine, text, controls, page_figure(page, before))
+    change_and_compare(page, engine, text, controls, "head", 5)
     assert len(server_views) == drawn_by_server + 1
 
     # A zoom window (tokens 40-295 one a cell): the sink toggle is local too, renormalised by the whole row.
@@ -209,10 +198,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     page_figure(page, before)
     server_views.wait_for_layer()
     for name, value in (("hide_sink", False), ("head", 7), ("hide_sink", True), ("min_weight", 0.1)):
-        before = fingerprint(page)
-        set_control(page, name, value)
-        setattr(controls, name, value)
-        assert_same_as_server(engine, text, controls, page_figure(page, before))
+        change_and_compare(page, engine, text, controls, name, value)
     assert len(server_views) == drawn_by_server + 2
     page.screenshot(path=str(artifacts_dir() / "attention-redraw-window.png"))
     assert not page.console_errors
