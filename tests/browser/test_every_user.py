@@ -200,8 +200,12 @@ def test_ner_rereads_on_a_new_aggregation_and_exports_say_what_produced_them(pag
 
 
 def settled(page, selector: str) -> None:
-    """Wait until gradio's progress timer ("0.1s") has left the pane, so its text is the result's."""
-    page.wait_for_function("(s) => !/^\\d+(\\.\\d+)?s/.test(document.querySelector(s).innerText)", arg=selector)
+    """Wait until gradio's progress timer ("0.1s", or "processing | 0.2/0.2s" while queued) has left the pane,
+    so its text is the result's."""
+    page.wait_for_function(
+        "(s) => !document.querySelector(`${s} .progress-text, ${s} .eta-bar`)"
+        " && !/^(processing \\| )?\\d+(\\.\\d+)?(\\/\\d+(\\.\\d+)?)?s/.test(document.querySelector(s).innerText)",
+        arg=selector)
 
 
 def test_an_error_is_shown_once_and_the_previous_result_stays_marked_as_previous(page, app_url, capfd, caplog):
