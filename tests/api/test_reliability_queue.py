@@ -193,8 +193,9 @@ def test_sixty_generate_joins_from_one_visitor_admit_two_and_refuse_the_rest_wit
 @pytest.mark.browser  # Chromium too
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's Chromium (apt-get install -y chromium)")
 def test_a_browser_visitor_over_the_limit_is_told_so_in_a_toast(app, monkeypatch):
-    monkeypatch.setattr(admission, "LISTENER_GRACE", 3.0)  # the two unread joins below end 3 s after they start
+    monkeypatch.setattr(admission, "LISTENER_GRACE", 8.0)  # the two unread joins below end 8 s after they start
     with chromium_page(app.url) as page:
+        page.wait_for_selector("#gen-prompt textarea")  # the page is drawn before the window of 8 s opens
         # The same visitor (127.0.0.1) already has two Generate requests from another program.
         with visitor("127.0.0.1") as client:
             joined = [app.join(client, "generate", generate_inputs(max_new_tokens=512)) for _ in range(2)]
