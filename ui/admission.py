@@ -18,11 +18,13 @@ the one the proxy itself appended (entries to its left are whatever the client s
 session hash is chosen by the client and is not used.
 
 The counts come from Gradio's queue itself: an event counts from the moment its join is admitted
-until the queue drops it (finished, failed, cancelled, or removed because its client left), so
-nothing here can drift. A visitor over its own limits gets HTTP 429 and one sentence, which the
-browser shows as an error toast (gradio_client raises an httpx.HTTPStatusError whose response
-carries it as "detail"). A full tab answers 503, as Gradio's own full queue does: the browser says
-the app is busy, gradio_client raises its QueueError("Queue is full! Please try again.").
+until its answer (its result, its error, or the acknowledgement of a Stop) has been written to its
+client's stream, or until the queue drops it (e.g. removed because its client left), so nothing
+here can drift, and a script may send its next call as soon as it has read an answer. A visitor
+over its own limits gets HTTP 429 and one sentence, which the browser shows as an error toast
+(gradio_client raises an httpx.HTTPStatusError whose response carries it as "detail"). A full tab
+answers 503, as Gradio's own full queue does: the browser says the app is busy, gradio_client
+raises its QueueError("Queue is full! Please try again.").
 
 `reader_gone(request)` gives an event handler a check for "the visitor who sent this has gone"
 (closed the page or the connection, or pressed Stop, or never opened the stream that would
@@ -110,12 +112,31 @@ class Admission:
             return fns.get(fn_index)
         return None
 
+    def counted_events(self) -> dict:
+        """Event id -> Gradio's event, for the events that count against their visitor: queued, running, or
+        finished with the answer not yet written to the client's stream.
+
+        Gradio keeps an answered event in `event_ids_to_events` until an analytics step it runs in a thread
+        after sending the answer is done; on busy cores that lags, and a script's next call found its last
+        one still counted (429). The session stream takes an event's id out of `pending_event_ids_session`
+        right after it has written the event's process_completed (result, error, or a Stop's
+        acknowledgement), and for an event still queued or running only there, so an id missing from it is an
+        answered event. Both are
+        attributes of Gradio's Queue, not API: without the second one every event in the queue counts."""
+        queue = self._queue()
+        if queue is None:
+            return {}
+        events = dict(getattr(queue, "event_ids_to_events", {}))
+        unanswered = getattr(queue, "pending_event_ids_session", None)
+        if not isinstance(unanswered, dict):
+            return events
+        return {event_id: event for event_id, event in events.items()
+                if event_id in unanswered.get(getattr(event, "session_hash", None), ())}
+
     def held(self, host: str) -> Counter:
         """Concurrency group -> this visitor's events queued or running (plus joins being admitted)."""
         counts: Counter = Counter()
-        queue = self._queue()
-        events = list(getattr(queue, "event_ids_to_events", {}).values()) if queue is not None else []
-        for event in events:
+        for event in self.counted_events().values():
             scope = getattr(getattr(event, "request", None), "scope", None)
             if scope is not None and client_address(scope) == host:
                 counts[event.concurrency_id] += 1

@@ -64,20 +64,9 @@ def post(url: str, body: bytes, content_type: str = "application/json") -> tuple
         return error.code, json.loads(error.read() or b"null")
 
 
-def post_call(url: str, endpoint: str, body: bytes) -> tuple[int, dict]:
-    """POST a REST call. Admission control counts a finished call until Gradio's queue lets go of it (after
-    its analytics step, which lags on two busy cores), so a call right after the last one may get 429 at first."""
-    for _ in range(50):
-        status, answer = post(f"{url}gradio_api/call/{endpoint}", body)
-        if status != 429:
-            break
-        time.sleep(0.1)
-    return status, answer
-
-
 def call(url: str, endpoint: str, data: list) -> tuple[str, dict | None]:
     """A REST call the way curl makes one: (last SSE event, its payload)."""
-    status, answer = post_call(url, endpoint, json.dumps({"data": data}).encode())
+    status, answer = post(f"{url}gradio_api/call/{endpoint}", json.dumps({"data": data}).encode())
     assert status == 200, answer
     with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{answer['event_id']}", timeout=60) as response:
         lines = response.read().decode("utf-8").splitlines()
@@ -178,7 +167,7 @@ def test_every_bad_value_gets_a_sentence_naming_its_parameter(server, client):
         ("classify", [], "/classify takes 2 values (text, model) and 0 were sent"),
     ]
     for endpoint, data, sentence in cases:
-        status, answer = post_call(url, endpoint, json.dumps({"data": data}, allow_nan=True).encode())
+        status, answer = post(f"{url}gradio_api/call/{endpoint}", json.dumps({"data": data}, allow_nan=True).encode())
         assert status == 200, answer
         with urllib.request.urlopen(f"{url}gradio_api/call/{endpoint}/{answer['event_id']}", timeout=60) as response:
             text = response.read().decode("utf-8")
