@@ -175,7 +175,8 @@ def build_teach_tab(engine) -> dict[str, Any]:
 
     with gr.Accordion("Head roles", open=False, elem_id="teach-roles"):
         gr.Markdown("Scores of every head on the model's own probe (a repeated random token sequence). Sort the "
-                    "table by any column; click a row to open that head's heatmap on the text above.")
+                    "table by any column; click a row to open that head's heatmap on the text above.",
+                    elem_id="teach-roles-intro")
         with gr.Row():
             role = gr.Dropdown([(label, key) for key, (label, _) in ROLES.items()], value="previous", label="Role",
                                elem_id="teach-role")
@@ -187,7 +188,7 @@ def build_teach_tab(engine) -> dict[str, Any]:
 
     with gr.Accordion("Side by side", open=False, elem_id="teach-compare") as compare_box:
         gr.Markdown("Compare the text above with a second text, with a second model, or with heads switched off "
-                    "(one of the three). The difference is A − B on the tokens that align.")
+                    "(one of the three). The difference is A − B on the tokens that align.", elem_id="teach-compare-intro")
         with gr.Row():
             other_text = gr.Textbox("", label="Second text", lines=2, placeholder=COMPARE_OTHER, elem_id="teach-other-text")
             other_model = gr.Dropdown([("(none)", ""), *[(engine.describe_choice(n), n)
