@@ -1,20 +1,41 @@
-(view, model, layer, head, aggregate, hideSink, minWeight, start, text, payload, plot, summary, request) => {
-  // Redraws the Attention tab's heatmap in the page when only the head, "Show" (one head or the layer's
-  // mean), "Hide the first-token sink" or "Hide weights below" changed: the numbers come from the layer
-  // the server sent after its last heatmap (ui/attention_heatmap.py heatmap_payload), and the arithmetic is
-  // Analysis.heatmap's, in float32, so the figure equals the server's bit for bit. Anything else goes to
-  // the server: the last output is a request the tab's server event listens to. Returns [plot, summary, request].
+async (mode, view, model, layer, head, aggregate, hideSink, minWeight, start, text, payload, plot, summary, request,
+ layerRequest) => {
+  // Redraws the Attention tab's heatmap in the page when only the layer, the head, "Show" (one head or the
+  // layer's mean), "Hide the first-token sink" or "Hide weights below" changed: the numbers come from the layer
+  // the server sent (ui/attention_heatmap.py heatmap_payload), and the arithmetic is Analysis.heatmap's, in
+  // float32, so the figure equals the server's bit for bit.
+  // `mode` "control": a control changed. If the page holds that layer it redraws; if it holds another layer
+  // of the same heatmap it asks the server for this one (layerRequest), which arrives as a new payload; for
+  // anything else it asks the server to draw the view (request).
+  // `mode` "arrival": a payload came. The page draws it when it answers its own layerRequest and still fits
+  // the controls; otherwise a newer request or a server drawing is on its way, and it does nothing.
+  // Returns [plot, summary, request, layerRequest]; a changed request is what the server's events listen to.
   const started = performance.now();
-  const toServer = () => [plot, summary, `${Date.now()}-${Math.random()}`];
+  // A request names the controls it is for, so asking again for what was just asked is no change (no event).
+  const textKey = Array.from(String(text || "")).reduce((h, ch) => Math.imul(h ^ ch.codePointAt(0), 16777619), 2166136261);
+  const controls = [view, model, layer, head, aggregate, hideSink, minWeight, start, textKey >>> 0].join("|");
+  const unchanged = [plot, summary, request, layerRequest];
+  // Controls set together (a link being opened sets them all) each run this handler at once, every one with
+  // the request as it was: only the last of them asks, or Gradio would queue one request each (its
+  // trigger_mode="always_last" holds back a second request only once the first has been sent).
+  const ask = async (requests) => {
+    const ticket = (window.__studioRedrawTicket = (window.__studioRedrawTicket || 0) + 1);
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    return ticket === window.__studioRedrawTicket ? [plot, summary, ...requests] : unchanged;
+  };
+  const toServer = () => (mode === "control" ? ask([`view|${controls}`, layerRequest]) : unchanged);
   const p = payload;
   const hide = Boolean(hideSink) && p && p.length > 1;
   const headNumber = Number(head);
   if (!p || !p.maps || !plot || view !== "Heatmap" || !["head", "heads"].includes(aggregate) || text !== p.text
-      || (model || "") !== p.model || Number(layer) !== Number(p.layer_value)
-      || (p.start_value !== null && Number(start) !== Number(p.start_value))
+      || (model || "") !== p.model || (p.start_value !== null && Number(start) !== Number(p.start_value))
       || !Number.isInteger(headNumber) || (p.pooled && Boolean(hideSink) !== p.hide)) {
     return toServer();
   }
+  if (Number(layer) !== Number(p.layer_value)) {  // the same heatmap of another layer: the server sends that layer
+    return mode === "control" ? ask([request, `layer|${controls}`]) : unchanged;
+  }
+  if (mode === "arrival" && !p.draw) return unchanged;  // the layer of a heatmap the server drew itself
   const h = Math.max(1, Math.min(p.heads, headNumber)) - 1;
   const index = aggregate === "head" ? h : p.heads;
   const frame = p.frames[String(p.pooled ? p.hide : hide)];
@@ -93,5 +114,5 @@
   }
   window.Plotly.update(shown, data, layout);
   const ms = Math.max(1, Math.round(performance.now() - started));
-  return [plot, `${p.summary} · redrawn in your browser in ${ms} ms`, request];
+  return [plot, `${p.summary} · redrawn in your browser in ${ms} ms`, request, layerRequest];
 }

@@ -10,8 +10,10 @@ sink divides by; the figure around the numbers (axis labels, height, colour bar)
 and hidden, built by the same `attention_plots.attention_heatmap` as the server's figure; and the
 title pieces. `assets/heatmap_redraw.js` then does what `Analysis.heatmap` does, in the same float32
 arithmetic, so a redrawn heatmap equals the server's figure for the same controls bit for bit
-(tests/browser/test_attention_redraw.py compares them). Anything else (another layer, view, zoom,
-model or text, an aggregate over layers, hiding the sink in a pooled map) the script hands to the server.
+(tests/browser/test_attention_redraw.py compares them). Another layer of the same heatmap: the page asks
+for that layer's payload alone (`draw=True`) and draws it the same way, so a layer change costs one
+payload instead of a figure plus a payload. Anything else (another view, zoom, model or text, an
+aggregate over layers, hiding the sink in a pooled map) the script hands to the server.
 
 Pure: numpy and json, no gradio.
 """
@@ -19,6 +21,7 @@ Pure: numpy and json, no gradio.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import secrets
 from decimal import ROUND_HALF_UP, Decimal
@@ -36,6 +39,12 @@ CLIENT_AGGREGATES = ("head", "heads")  # what the page can redraw: one head, or 
 HIDDEN_NOTE = "first token hidden, rows renormalised"
 THRESHOLD_NOTE = "weights below {} blank"
 NOTES_FORMAT = " <span style='font-size:12px'>({})</span>"  # the notes after a heatmap's title
+
+
+def redraw_js(mode: str) -> str:
+    """The page's redraw handler for one of its two uses: "control" (a control changed) or "arrival" (a layer
+    the page asked for came); see assets/heatmap_redraw.js."""
+    return f"(...values) => ({REDRAW_JS})({json.dumps(mode)}, ...values)"
 
 
 def heatmap_what(analysis, aggregate: str, layer: int, head: int) -> str:
@@ -114,19 +123,27 @@ def _packed(matrix: np.ndarray) -> dict[str, str]:
 
 def _frame(analysis, cells) -> dict[str, Any]:
     """The server's heatmap figure, as gradio sends it, without what a redraw replaces (z, zmax, title)."""
-    labels, _ = heatmap_axis(analysis, cells)
+    return json.loads(_frame_json(tuple(heatmap_axis(analysis, cells)[0])))
+
+
+@functools.lru_cache(maxsize=32)
+def _frame_json(labels: tuple[str, ...]) -> str:
+    """Plotly builds a figure in tens of ms, most of a layer's payload time, and the frame depends on the
+    labels only: the frames of the texts being looked at are kept (a few dozen kB each)."""
     side = len(labels)
     figure = json.loads(plots.attention_heatmap(np.zeros((side, side), np.float32), labels, labels, "").to_json())
     del figure["data"][0]["z"], figure["data"][0]["zmax"]
-    return figure
+    return json.dumps(figure)
 
 
-def heatmap_payload(analysis, text: str, c, layer: int, start: int, side: int, summary: str) -> dict[str, Any] | None:
+def heatmap_payload(analysis, text: str, c, layer: int, start: int, side: int, summary: str,
+                    draw: bool = False) -> dict[str, Any] | None:
     """What the page needs to redraw this layer's heatmap by itself, or None when the view is not one it can.
 
     `c` holds the controls the view was drawn with (the payload names the ones that fix it, so the page
     knows when it is stale); `layer` (0-based) and `start` as `render_view` clamped them; `summary` the
-    summary line without its timing."""
+    summary line without its timing; `draw`: the page asked for this layer to draw it (a layer change), rather
+    than being sent it after a heatmap the server drew."""
     if c.view != "Heatmap" or c.aggregate not in CLIENT_AGGREGATES:
         return None
     hide = bool(c.hide_sink)
@@ -135,7 +152,7 @@ def heatmap_payload(analysis, text: str, c, layer: int, start: int, side: int, s
     payload: dict[str, Any] = {
         "id": secrets.token_hex(8), "text": text, "model": c.model or "", "layer_value": c.layer,
         "start_value": c.start if analysis.length > side else None, "length": analysis.length, "heads": analysis.num_heads,
-        "pooled": layout.block > 1, "hide": hide, "summary": summary,
+        "pooled": layout.block > 1, "hide": hide, "summary": summary, "draw": draw,
         "what_head": [heatmap_what(analysis, "head", layer, h) for h in range(analysis.num_heads)],
         "what_heads": heatmap_what(analysis, "heads", layer, 0),
         "hidden_note": HIDDEN_NOTE, "threshold_note": THRESHOLD_NOTE, "notes_format": NOTES_FORMAT,

@@ -26,7 +26,7 @@ import numpy as np
 from ui import attention_plots as plots
 from ui import glossary, link_wiring, views
 from ui.attention_heatmap import floats as _floats
-from ui.attention_heatmap import REDRAW_JS, heatmap_payload, heatmap_view
+from ui.attention_heatmap import heatmap_payload, heatmap_view, redraw_js
 from ui.report import ReportSection, build_report, write_report
 
 VIEWS = ("Heatmap", "Overview", "Token links", "Hidden states", "Logit lens", "Generation replay", "Ablation")
@@ -158,15 +158,15 @@ def summary_head(analysis, source: str) -> str:
             f"{analysis.num_heads} heads · {source}")
 
 
-def redraw_data(engine, text: str, c: Controls) -> dict | None:
-    """What the page needs to redraw the heatmap drawn with these controls by itself (see ui.attention_heatmap);
-    None for another view, or when the analysis is no longer cached."""
+def redraw_data(engine, text: str, c: Controls, draw: bool = False) -> dict | None:
+    """What the page needs to redraw the heatmap drawn with these controls by itself (see ui.attention_heatmap;
+    `draw`: the page asked for it to draw it); None for another view, or when the analysis is no longer cached."""
     analysis = engine.cached_analysis(text, c.model or None) if isinstance(text, str) and text.strip() else None
     if analysis is None:
         return None
     layer = _clamp(c.layer, 1, analysis.num_layers) - 1
     start = _clamp(c.start, 0, max(analysis.length - 1, 0))
-    return heatmap_payload(analysis, text, c, layer, start, HEATMAP_SIDE, summary_head(analysis, "from the cache"))
+    return heatmap_payload(analysis, text, c, layer, start, HEATMAP_SIDE, summary_head(analysis, "from the cache"), draw)
 
 
 # ----- the views ------------------------------------------------------------------------------
@@ -479,6 +479,7 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
             # The layer the page redraws the heatmap from, and the request it sends when it cannot (ui.attention_heatmap).
             redraw_source = gr.JSON(visible=False, elem_id="attention-redraw-source")
             redraw_request = gr.Textbox("0", visible=False, elem_id="attention-redraw-request")
+            layer_request = gr.Textbox("0", visible=False, elem_id="attention-layer-request")
 
     if model_picker is None:  # an engine without a model registry: one fixed model
         model_picker = gr.Textbox(value="", visible=False)
@@ -524,6 +525,16 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
             return redraw_data(engine, text_value, to_controls(values))
         except Exception:  # noqa: BLE001 - the error was already shown by the render; the page then asks the server
             return None
+
+    def send_drawable_layer(text_value, *values):
+        """A layer change the page can draw itself: the new layer's payload alone. If the page cannot have it
+        (the analysis left the cache, or the controls moved on to another view), the server draws the view."""
+        c = to_controls(values)
+        payload = redraw_data(engine, text_value, c, draw=True)
+        if payload is not None:
+            return gr.skip(), gr.skip(), gr.skip(), payload
+        result = render_view(engine, text_value, c)
+        return result.figure, result.explanation, result.summary, redraw_data(engine, text_value, c)
 
     def after_drawing(event):
         event.then(limits, inputs, [layer, head, start], api_visibility="private", show_progress="hidden", queue=False) \
@@ -578,15 +589,21 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     analysis_event(text.submit(attention, inputs, outputs, api_visibility="private", concurrency_id="attention"))
     view.change(show_groups, [view], all_groups + [files], api_visibility="private", show_progress="hidden", queue=False)
     new_tokens.change(step_range, [new_tokens], [step], api_visibility="private", show_progress="hidden", queue=False)
-    # A head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it holds,
-    # or, when it cannot, sets redraw_request, which asks the server like any other control.
-    gr.on([c.change for c in (head, aggregate, hide_sink, min_weight)], None,
-          [view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, text, redraw_source, plot, summary,
-           redraw_request], [plot, summary, redraw_request], js=REDRAW_JS, api_visibility="private")
+    # The layer, a head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it
+    # holds; for another layer it sets layer_request and draws the payload that comes back (redraw_source's
+    # change); for anything else it sets redraw_request, which asks the server like any other control.
+    redraw_inputs = [view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, text, redraw_source, plot,
+                     summary, redraw_request, layer_request]
+    redraw_outputs = [plot, summary, redraw_request, layer_request]
+    gr.on([c.change for c in (layer, head, aggregate, hide_sink, min_weight)], None, redraw_inputs, redraw_outputs,
+          js=redraw_js("control"), api_visibility="private")
+    redraw_source.change(None, redraw_inputs, redraw_outputs, js=redraw_js("arrival"), api_visibility="private")
+    layer_request.change(friendly_errors(send_drawable_layer), inputs, [*outputs, redraw_source], api_visibility="private",
+                         trigger_mode="always_last", show_progress="minimal", concurrency_id="attention_views")
     # Sliders answer on change (typed numbers too); always_last drops the steps of a drag that a newer value
     # has overtaken. Views of an analysis have their own concurrency group, so a slider never waits behind
     # other visitors' analyses; a new model is a new analysis.
-    triggers = [c.change for c in (view, layer, statistic, direction, step, start, links, new_tokens, continue_tokens,
+    triggers = [c.change for c in (view, statistic, direction, step, start, links, new_tokens, continue_tokens,
                                    redraw_request)]
     triggers += [c.submit for c in (token, trace, watch, heads_off)]
     for event_triggers, group in ((triggers, "attention_views"), ([model_picker.change], "attention")):

@@ -1,8 +1,8 @@
 """The Attention tab's heatmap redrawn in the page (issue 15): a head, Show (one head or the layer's mean),
 the sink toggle and the threshold change the plot without asking the server, and the figure the page
 draws equals, number for number, the one the server draws for the same controls (`render_view`). A layer
-change asks the server once; what the page cannot redraw (hiding the sink of a pooled map) goes to the
-server and comes back right."""
+change asks the server for that layer alone and the page draws it; what the page cannot redraw (hiding
+the sink of a pooled map, a layer the server no longer holds) goes to the server and comes back right."""
 
 from __future__ import annotations
 
@@ -48,6 +48,7 @@ class ServerSpy(list):
     it sent the page after them (each heatmap drawn by the server is followed by one)."""
 
     sent = 0
+    forgotten = False  # answer the page's request for a layer as if the analysis had left the cache
 
     def wait_for_layer(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
@@ -66,9 +67,9 @@ def server_views(monkeypatch):
         spy.append(controls)
         return draw(engine, text, controls)
 
-    def sending(engine, text, controls):
+    def sending(engine, text, controls, draw=False):
         try:
-            return send(engine, text, controls)
+            return None if draw and spy.forgotten else send(engine, text, controls, draw)
         finally:
             spy.sent += 1
 
@@ -162,10 +163,20 @@ def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_wo
     assert len(server_views) == drawn_by_server, "the page asked the server for a view it can redraw itself"
     page.screenshot(path=str(artifacts_dir() / "attention-redraw-short.png"))
 
-    change_and_compare(page, engine, SHORT, controls, "layer", 3)  # the server draws it, then the page holds layer 3
-    assert len(server_views) == drawn_by_server + 1
+    # Another layer: the server sends that layer alone (no figure), the page draws it, and heads stay local.
+    sent = server_views.sent
+    for name, value in (("layer", 3), ("head", 2), ("layer", 2), ("aggregate", "heads")):
+        change_and_compare(page, engine, SHORT, controls, name, value)
+        assert "redrawn in your browser" in summary(page)
+    assert len(server_views) == drawn_by_server, "the server drew a layer the page can draw"
+    assert server_views.sent == sent + 2
+    # A layer the server no longer holds the analysis of: it draws the view itself, then sends the layer.
+    server_views.forgotten = True
+    change_and_compare(page, engine, SHORT, controls, "layer", 4)
+    assert len(server_views) == drawn_by_server + 1 and "this view took" in summary(page)
+    server_views.forgotten = False
     server_views.wait_for_layer()
-    change_and_compare(page, engine, SHORT, controls, "head", 2)
+    change_and_compare(page, engine, SHORT, controls, "head", 4)
     assert len(server_views) == drawn_by_server + 1
     assert not page.console_errors
 
@@ -180,8 +191,8 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     controls = attention_tab.Controls(view="Heatmap", layer=2, head=1)
     drawn_by_server = len(server_views)
 
-    # Pooled (290 tokens in blocks of 2): heads and the layer mean in the page, as the server pools them.
-    for name, value in (("head", 4), ("aggregate", "heads"), ("aggregate", "head")):
+    # Pooled (290 tokens in blocks of 2): heads, the layer mean and another layer in the page, as the server pools them.
+    for name, value in (("head", 4), ("aggregate", "heads"), ("layer", 3), ("aggregate", "head")):
         change_and_compare(page, engine, text, controls, name, value)
     assert len(server_views) == drawn_by_server
     # The sink is hidden before pooling, which the page cannot redo: the server draws it, then heads are local again.
@@ -197,7 +208,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     controls.start = 40
     page_figure(page, before)
     server_views.wait_for_layer()
-    for name, value in (("hide_sink", False), ("head", 7), ("hide_sink", True), ("min_weight", 0.1)):
+    for name, value in (("hide_sink", False), ("head", 7), ("hide_sink", True), ("layer", 1), ("min_weight", 0.1)):
         change_and_compare(page, engine, text, controls, name, value)
     assert len(server_views) == drawn_by_server + 2
     page.screenshot(path=str(artifacts_dir() / "attention-redraw-window.png"))

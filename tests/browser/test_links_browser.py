@@ -107,7 +107,7 @@ def open_link_once(visit, link: str, calls: Counter, tab: str, result_selector: 
     time.sleep(1.0)  # a second or third run would have started by now
     runs = calls - before
     assert runs == Counter({counted: 1}), runs
-    assert fresh.locator("[data-testid=toast-body]").count() == 0
+    assert fresh.locator("[data-testid=toast-body]").count() == 0, fresh.locator("[data-testid=toast-body]").all_inner_texts()
     return fresh, shown
 
 
@@ -258,7 +258,7 @@ def test_attention_link_opens_the_same_view_after_one_analysis(server, visit, mo
     assert fresh.locator("#attention-hide-sink input").is_checked()
     time.sleep(1.5)  # any further request of the link would have run or been refused by now
     assert forwards == [text], forwards
-    assert fresh.locator("[data-testid=toast-body]").count() == 0
+    assert fresh.locator("[data-testid=toast-body]").count() == 0, fresh.locator("[data-testid=toast-body]").all_inner_texts()
     assert not fresh.console_errors, fresh.console_errors
 
 
