@@ -21,7 +21,7 @@ from biogpt.serving import Engine
 from .attention_tab import build_attention_tab
 from .classify_tab import build_classify_tab
 from .generate_tab import build_generate_tab
-from . import http_guard, link_wiring
+from . import http_guard, layer_route, link_wiring
 from .http_guard import StudioBlocks
 from .ner_tab import build_ner_tab
 from .tasks_tab import build_tasks_tab
@@ -79,6 +79,7 @@ def create_app(engine: Engine) -> gr.Blocks:
                 if isinstance(built, dict) and "on_load" in built:  # a tab that restores a shared link (a LinkTarget)
                     link_targets.append(built["on_load"])
         link_wiring.restore_links(demo.load, tabs, link_targets)  # one load event for every tab's links
+    layer_route.install(demo, engine)  # the Attention page fetches a heatmap's layer there
     return demo
 
 

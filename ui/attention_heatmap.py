@@ -6,14 +6,15 @@ it already holds instead of asking the server (a round trip behind other visitor
 each heatmap the server sends that layer once (`heatmap_payload`): every head's map and the layer's
 mean, lower triangles only (the upper one is the blank future), in float16 where that is exact (the
 analysis keeps attention weights in float16) and float32 otherwise; the row totals that hiding the
-sink divides by; the figure around the numbers (axis labels, height, colour bar) for the sink shown
-and hidden, built by the same `attention_plots.attention_heatmap` as the server's figure; and the
-title pieces. `assets/heatmap_redraw.js` then does what `Analysis.heatmap` does, in the same float32
-arithmetic, so a redrawn heatmap equals the server's figure for the same controls bit for bit
-(tests/browser/test_attention_redraw.py compares them). Another layer of the same heatmap: the page asks
-for that layer's payload alone (`draw=True`) and draws it the same way, so a layer change costs one
-payload instead of a figure plus a payload. Anything else (another view, zoom, model or text, an
-aggregate over layers, hiding the sink in a pooled map) the script hands to the server.
+sink divides by; the figure around the numbers (axis labels, height, colour bar; the same whether the
+sink is shown or hidden, as a hidden sink is a blank row and column), built by the same
+`attention_plots.attention_heatmap` as the server's figure; and the title pieces.
+`assets/heatmap_redraw.js` then does what `Analysis.heatmap` does, in the same float32 arithmetic, so a
+redrawn heatmap equals the server's figure for the same controls bit for bit
+(tests/browser/test_attention_redraw.py compares them). Another layer of the same heatmap: the page
+fetches that layer's payload alone (`draw=True`, from ui/layer_route.py, or through the tab's Gradio
+event when the route cannot answer) and draws it the same way. Anything else (another view, zoom,
+model or text, an aggregate over layers, hiding the sink in a pooled map) the script hands to the server.
 
 Pure: numpy and json, no gradio.
 """
@@ -43,8 +44,15 @@ NOTES_FORMAT = " <span style='font-size:12px'>({})</span>"  # the notes after a 
 
 def redraw_js(mode: str) -> str:
     """The page's redraw handler for one of its two uses: "control" (a control changed) or "arrival" (a layer
-    the page asked for came); see assets/heatmap_redraw.js."""
-    return f"(...values) => ({REDRAW_JS})({json.dumps(mode)}, ...values)"
+    came; its handler takes the payload before the controls); see assets/heatmap_redraw.js."""
+    if mode == "arrival":  # the payload is the handler's first input
+        return f"(payload, ...values) => ({REDRAW_JS})(\"arrival\", payload, ...values)"
+    return f"(...values) => ({REDRAW_JS})(\"control\", null, ...values)"
+
+
+def payload_text(payload: dict | None) -> str:
+    """A payload as the page receives it: one JSON string ("null" for none), which the page parses once."""
+    return json.dumps(payload, separators=(",", ":"))
 
 
 def heatmap_what(analysis, aggregate: str, layer: int, head: int) -> str:
@@ -157,21 +165,18 @@ def heatmap_payload(analysis, text: str, c, layer: int, start: int, side: int, s
         "what_heads": heatmap_what(analysis, "heads", layer, 0),
         "hidden_note": HIDDEN_NOTE, "threshold_note": THRESHOLD_NOTE, "notes_format": NOTES_FORMAT,
     }
+    # The same cells and labels for both toggles (a hidden sink is a blank row and column): one frame.
+    payload.update(geometry=heatmap_axis(analysis, layout)[1], frame=_frame(analysis, layout))
     if layout.block > 1:  # the sink is hidden before pooling: a pooled payload holds the maps for this toggle only
         cells = [analysis.heatmap(layer, h, aggregate, hide_first=hide, start=start, max_side=side) for h, aggregate in maps]
-        payload.update(maps=[_packed(cell.matrix) for cell in cells], geometry=heatmap_axis(analysis, cells[0])[1],
-                       frames={str(hide).lower(): _frame(analysis, cells[0])})
+        payload.update(maps=[_packed(cell.matrix) for cell in cells])
         return payload
     first, last = layout.first, layout.last
-    kept = max(first, 1)  # the first row that hiding the sink keeps
+    kept = max(first, 1)  # the first row that hiding the sink renormalises (row #0 is blank then)
     payload.update(
-        first=first, last=last, geometry=heatmap_axis(analysis, layout)[1],
+        first=first, last=last,
         maps=[_packed(analysis.attention_map(layer, h, aggregate)[first:last, first:last]) for h, aggregate in maps],
         totals=[base64.b64encode(analysis.hidden_row_totals(layer, h, aggregate)[kept - 1 : last - 1].astype("<f4").tobytes())
                 .decode("ascii") for h, aggregate in maps],
-        frames={"false": _frame(analysis, layout)},
     )
-    if analysis.length > 1:
-        payload["frames"]["true"] = _frame(analysis, analysis.heatmap(layer, 0, "head", hide_first=True, start=start,
-                                                                      max_side=side))
     return payload

@@ -26,7 +26,7 @@ import numpy as np
 from ui import attention_plots as plots
 from ui import glossary, link_wiring, views
 from ui.attention_heatmap import floats as _floats
-from ui.attention_heatmap import heatmap_payload, heatmap_view, redraw_js
+from ui.attention_heatmap import heatmap_payload, heatmap_view, payload_text, redraw_js
 from ui.report import ReportSection, build_report, write_report
 
 VIEWS = ("Heatmap", "Overview", "Token links", "Hidden states", "Logit lens", "Generation replay", "Ablation")
@@ -433,7 +433,8 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
             with gr.Group() as aggregate_group:
                 aggregate = gr.Radio(AGGREGATE_CHOICES, value="head", label="Show", elem_id="attention-aggregate")
             with gr.Group() as heatmap_group:
-                hide_sink = gr.Checkbox(False, label="Hide the first-token sink", info="drops token #0 and renormalises each row",
+                hide_sink = gr.Checkbox(False, label="Hide the first-token sink",
+                                        info="blanks token #0's row and column and renormalises the other rows",
                                         elem_id="attention-hide-sink")
                 min_weight = gr.Slider(0, 1, value=0, step=0.01, label="Hide weights below", elem_id="attention-threshold")
             with gr.Group() as start_group:
@@ -477,7 +478,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                 report = gr.Button("Download report (HTML, opens offline)", size="sm", elem_id="attention-report")
             files = gr.File(label="Data", file_count="multiple", visible=False, elem_id="attention-files")
             # The layer the page redraws the heatmap from, and the request it sends when it cannot (ui.attention_heatmap).
-            redraw_source = gr.JSON(visible=False, elem_id="attention-redraw-source")
+            # The layer travels as one JSON string, which the page parses once: as a nested value Gradio copied it
+            # and wrapped it in its reactive proxies for every handler, 100 ms of a 2 MB layer's every redraw.
+            redraw_source = gr.Textbox("", visible=False, elem_id="attention-redraw-source")
             redraw_request = gr.Textbox("0", visible=False, elem_id="attention-redraw-request")
             layer_request = gr.Textbox("0", visible=False, elem_id="attention-layer-request")
 
@@ -522,9 +525,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         """After a heatmap is drawn: the layer the page redraws it from (None for other views), queued with
         the views because packing a layer of a long text is real work."""
         try:
-            return redraw_data(engine, text_value, to_controls(values))
+            return payload_text(redraw_data(engine, text_value, to_controls(values)))
         except Exception:  # noqa: BLE001 - the error was already shown by the render; the page then asks the server
-            return None
+            return payload_text(None)
 
     def send_drawable_layer(text_value, *values):
         """A layer change the page can draw itself: the new layer's payload alone. If the page cannot have it
@@ -532,9 +535,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
         c = to_controls(values)
         payload = redraw_data(engine, text_value, c, draw=True)
         if payload is not None:
-            return gr.skip(), gr.skip(), gr.skip(), payload
+            return gr.skip(), gr.skip(), gr.skip(), payload_text(payload)
         result = render_view(engine, text_value, c)
-        return result.figure, result.explanation, result.summary, redraw_data(engine, text_value, c)
+        return result.figure, result.explanation, result.summary, payload_text(redraw_data(engine, text_value, c))
 
     def after_drawing(event):
         event.then(limits, inputs, [layer, head, start], api_visibility="private", show_progress="hidden", queue=False) \
@@ -592,12 +595,13 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     # The layer, a head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it
     # holds; for another layer it sets layer_request and draws the payload that comes back (redraw_source's
     # change); for anything else it sets redraw_request, which asks the server like any other control.
-    redraw_inputs = [view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, text, redraw_source, plot,
-                     summary, redraw_request, layer_request]
-    redraw_outputs = [plot, summary, redraw_request, layer_request]
+    redraw_inputs = [view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, text, summary, redraw_request,
+                     layer_request]
+    redraw_outputs = [summary, redraw_request, layer_request]
     gr.on([c.change for c in (layer, head, aggregate, hide_sink, min_weight)], None, redraw_inputs, redraw_outputs,
           js=redraw_js("control"), api_visibility="private")
-    redraw_source.change(None, redraw_inputs, redraw_outputs, js=redraw_js("arrival"), api_visibility="private")
+    redraw_source.change(None, [redraw_source, *redraw_inputs], redraw_outputs, js=redraw_js("arrival"),
+                         api_visibility="private")
     layer_request.change(friendly_errors(send_drawable_layer), inputs, [*outputs, redraw_source], api_visibility="private",
                          trigger_mode="always_last", show_progress="minimal", concurrency_id="attention_views")
     # Sliders answer on change (typed numbers too); always_last drops the steps of a drag that a newer value

@@ -174,7 +174,7 @@ class HeatmapCells:
     first: int  # position of the first row (and column) in the analysis
     last: int  # one past the last position covered
     block: int  # tokens per cell: 1, or the block size of max pooling
-    first_hidden: bool  # the first token (the sink) was dropped and rows renormalised
+    first_hidden: bool  # the first token's (the sink's) row and column are blank, the other rows renormalised
     windowed: bool  # a window of a long text, not all of it
 
 
@@ -183,18 +183,22 @@ def heatmap_cells(
 ) -> HeatmapCells:
     """A [T, T] attention map made ready to draw: the sink hidden if asked (and there is more
     than one token), the future blank, then a text longer than `max_side` either windowed from
-    `start` (when `start` > 0) or pooled by block max, and weights under `min_weight` blank."""
+    `start` (when `start` > 0) or pooled by block max, and weights under `min_weight` blank.
+
+    A hidden sink stays in place as a blank row and column: both settings of the toggle cover the same
+    tokens with the same cells, so a cell can be compared across them (and a page redraws only numbers)."""
     first_hidden = hide_first and matrix.shape[0] > 1
-    offset = 1 if first_hidden else 0
     if first_hidden:
-        matrix = hide_first_token(matrix)
-    matrix = causal_mask(matrix, offset, offset)
+        hidden = np.full(matrix.shape, np.nan, np.float32)
+        hidden[1:, 1:] = hide_first_token(matrix)
+        matrix = hidden
+    matrix = causal_mask(matrix)
     length = matrix.shape[0]
     first, last, block, windowed = 0, length, 1, False
     if length > max_side and start > 0:
-        first, last = window(length, start - offset, max_side)
+        first, last = window(length, start, max_side)
         matrix, windowed = matrix[first:last, first:last], True
     elif length > max_side:
         matrix, block = block_max(matrix, max_side)
     matrix = threshold(matrix, float(min_weight or 0.0))
-    return HeatmapCells(matrix, first + offset, last + offset, block, first_hidden, windowed)
+    return HeatmapCells(matrix, first, last, block, first_hidden, windowed)

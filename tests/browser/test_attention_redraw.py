@@ -163,17 +163,21 @@ def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_wo
     assert len(server_views) == drawn_by_server, "the page asked the server for a view it can redraw itself"
     page.screenshot(path=str(artifacts_dir() / "attention-redraw-short.png"))
 
-    # Another layer: the server sends that layer alone (no figure), the page draws it, and heads stay local.
+    # Another layer: the page fetches that layer alone (no figure) from the layer route and draws it; heads stay local.
+    fetched = []
+    page.on("response", lambda r: r.url.endswith("/studio/attention-layer") and fetched.append(r.status))
     sent = server_views.sent
     for name, value in (("layer", 3), ("head", 2), ("layer", 2), ("aggregate", "heads")):
         change_and_compare(page, engine, SHORT, controls, name, value)
         assert "redrawn in your browser" in summary(page)
     assert len(server_views) == drawn_by_server, "the server drew a layer the page can draw"
-    assert server_views.sent == sent + 2
-    # A layer the server no longer holds the analysis of: it draws the view itself, then sends the layer.
+    assert server_views.sent == sent + 2 and fetched == [200, 200]
+    # A layer the server no longer holds the analysis of: the route has nothing (204), so the page asks the tab's
+    # Gradio event, which draws the view on the server and then sends the layer.
     server_views.forgotten = True
     change_and_compare(page, engine, SHORT, controls, "layer", 4)
     assert len(server_views) == drawn_by_server + 1 and "this view took" in summary(page)
+    assert fetched == [200, 200, 204]
     server_views.forgotten = False
     server_views.wait_for_layer()
     change_and_compare(page, engine, SHORT, controls, "head", 4)
@@ -224,7 +228,7 @@ def test_the_payloads_frame_is_the_servers_figure_less_what_a_redraw_replaces(se
     payload = attention_tab.redraw_data(engine, text, controls)
     del figure["data"][0]["z"], figure["data"][0]["zmax"]
     figure["layout"]["title"]["text"] = ""
-    assert payload["frames"][str(hide).lower()] == figure
+    assert payload["frame"] == figure  # one frame for both toggles: a hidden sink is a blank row and column
     assert payload["pooled"] == (tokens > attention_tab.HEATMAP_SIDE and start == 0)
     # float16 where exact: the heads (the analysis keeps them in float16), float32 for the layer's mean
     assert [m["dtype"] for m in payload["maps"][:-1]] == ["f2"] * (len(payload["maps"]) - 1) or payload["pooled"]
