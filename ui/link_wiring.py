@@ -59,11 +59,11 @@ def _encoder(tab_id: str, names: list[str], defaults: Mapping[str, Any]) -> Call
 # Numbers each state change in the page: encodings may come back out of order, and only a newer one is written.
 NUMBER_JS = "(...values) => [...values.slice(0, -1), (window.studioLinkNumber = (window.studioLinkNumber || 0) + 1)]"
 # Resolves SETTLE_MS after a change: with a new value when no other change came meanwhile, else unchanged.
-SETTLE_MS = 300
+SETTLE_MS = 1000
 SETTLE_JS = f"""async (settled) => {{
   const mine = (window.studioLinkChange = (window.studioLinkChange || 0) + 1);
   await new Promise((done) => setTimeout(done, {SETTLE_MS}));
-  return mine === window.studioLinkChange ? String(mine) : settled;
+  return mine === window.studioLinkChange ? String(mine) : undefined;  // undefined: Gradio leaves the box alone
 }}"""
 WRITE_NEWER_URL_JS = f"""(numbered) => {{
   if (!numbered) return;
