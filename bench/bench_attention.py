@@ -68,6 +68,7 @@ def main() -> None:
     parser.add_argument("--long", type=int, default=1024)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--teaching-only", action="store_true", help="only part 4 (head roles, side by side, formula)")
+    parser.add_argument("--layer-data-only", action="store_true", help="only part 3b (the layer the page redraws from)")
     args = parser.parse_args()
     if args.teaching_only:
         from biogpt import BioGptForCausalLM
@@ -88,8 +89,12 @@ def main() -> None:
     engine = interpret.Interpreter(lambda name: (model, tokenizer), default_model="full-random")
     print(f"# Attention benchmark on {machine()}, device {args.device}, microsoft/biogpt shape, random weights\n")
 
-    # ----- 1. analysis vs plain forward ---------------------------------------------------------
     text = text_of(tokenizer, args.tokens)
+    if args.layer_data_only:
+        layer_data_costs(engine, {args.tokens: text, args.long: text_of(tokenizer, args.long)}, args.repeats)
+        return
+
+    # ----- 1. analysis vs plain forward ---------------------------------------------------------
     ids = torch.tensor([tokenizer(text)["input_ids"]], device=args.device)
 
     def forward():
@@ -176,21 +181,28 @@ def main() -> None:
 
 def layer_data_costs(engine, texts: dict[int, str], repeats: int) -> None:
     """Part 3b: the layer the page redraws a heatmap from (ui.attention_heatmap, issue 15): what the server
-    sends after each heatmap it draws, its bytes and its server time (a queued step after the figure)."""
+    sends after each heatmap it draws and for each layer change, its bytes and its server time: the first
+    payload of a text builds the figure frame around the numbers (plotly), later ones find it cached."""
+    from ui import attention_heatmap
     from ui.attention_tab import Controls, redraw_data, render_view
 
-    print("\n## The layer sent for redrawing in the page, after a heatmap (JSON bytes, server ms, median)")
-    print("| text | shape of the maps | KiB | ms |\n|---|---|---:|---:|")
+    print("\n## The layer sent for redrawing in the page (JSON bytes; server ms: a text's first payload, then median)")
+    print("| text | shape of the maps | KiB | first ms | later ms |\n|---|---|---:|---:|---:|")
     for tokens, current in texts.items():
         for what, controls in (("whole text", Controls(layer=12)), ("sink hidden", Controls(layer=12, hide_sink=True)),
                                ("zoom window at 300", Controls(layer=12, start=300))):
             if controls.start and tokens <= 256:
                 continue
             render_view(engine, current, controls)
+            attention_heatmap._frame_json.cache_clear()
+            started = time.perf_counter()
+            json.dumps(redraw_data(engine, current, controls))
+            first = time.perf_counter() - started
             payload = redraw_data(engine, current, controls)
             seconds = timed(lambda: json.dumps(redraw_data(engine, current, controls)), repeats)
             shape = "pooled, this toggle only" if payload["pooled"] else "one token a cell, both toggles"
-            print(f"| {tokens} tokens, {what} | {shape} | {len(json.dumps(payload)) / 1024:,.0f} | {1000 * seconds:.0f} |")
+            print(f"| {tokens} tokens, {what} | {shape} | {len(json.dumps(payload)) / 1024:,.0f} | {1000 * first:.0f} | "
+                  f"{1000 * seconds:.0f} |")
 
 
 def teaching_costs(model, tokenizer, args) -> None:
