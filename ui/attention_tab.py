@@ -478,8 +478,8 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
                 report = gr.Button("Download report (HTML, opens offline)", size="sm", elem_id="attention-report")
             files = gr.File(label="Data", file_count="multiple", visible=False, elem_id="attention-files")
             # The layer the page redraws the heatmap from, and the request it sends when it cannot (ui.attention_heatmap).
-            # The layer travels as one JSON string, which the page parses once: as a nested value Gradio copied it
-            # and wrapped it in its reactive proxies for every handler, 100 ms of a 2 MB layer's every redraw.
+            # The layer travels as one JSON string, which the page parses once (Gradio copies a nested value object
+            # by object for each handler that reads it).
             redraw_source = gr.Textbox("", visible=False, elem_id="attention-redraw-source")
             redraw_request = gr.Textbox("0", visible=False, elem_id="attention-redraw-request")
             layer_request = gr.Textbox("0", visible=False, elem_id="attention-layer-request")
@@ -593,8 +593,9 @@ def build_attention_tab(engine, model_picker=None, default_text: str | None = No
     view.change(show_groups, [view], all_groups + [files], api_visibility="private", show_progress="hidden", queue=False)
     new_tokens.change(step_range, [new_tokens], [step], api_visibility="private", show_progress="hidden", queue=False)
     # The layer, a head, Show, the sink toggle or the threshold: the page redraws the heatmap from the layer it
-    # holds; for another layer it sets layer_request and draws the payload that comes back (redraw_source's
-    # change); for anything else it sets redraw_request, which asks the server like any other control.
+    # holds; another layer it fetches from ui/layer_route.py, or, when the route cannot answer, sets layer_request
+    # and draws the payload that comes back (redraw_source's change); for anything else it sets redraw_request,
+    # which asks the server like any other control.
     redraw_inputs = [view, model_picker, layer, head, aggregate, hide_sink, min_weight, start, text, summary, redraw_request,
                      layer_request]
     redraw_outputs = [summary, redraw_request, layer_request]
