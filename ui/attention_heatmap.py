@@ -39,7 +39,7 @@ CLIENT_AGGREGATES = ("head", "heads")  # what the page can redraw: one head, or 
 
 HIDDEN_NOTE = "first token hidden, rows renormalised"
 THRESHOLD_NOTE = "weights below {} blank"
-NOTES_FORMAT = " <span style='font-size:12px'>({})</span>"  # the notes after a heatmap's title
+NOTES_FORMAT = "<br><span style='font-size:12px'>({})</span>"  # the notes under a heatmap's title (a phone's width cuts one line)
 
 
 def redraw_js(mode: str) -> str:

@@ -237,7 +237,7 @@ def test_attention_link_opens_the_same_view_after_one_analysis(server, visit, mo
         time.sleep(1.0)
     page.locator("#attention-hide-sink input").click()
     wait_for_query(page, tab="attention", text=text, layer="3", head="2", hide_sink="1")
-    title = "Layer 3, head 2 <span style='font-size:12px'>(first token hidden, rows renormalised)</span>"
+    title = "Layer 3, head 2<br><span style='font-size:12px'>(first token hidden, rows renormalised)</span>"
     page.wait_for_function("(t) => document.querySelector('#attention-plot .js-plotly-plot').layout.title.text === t",
                            arg=title, timeout=30_000)
     link = copied_link(page, "#attention-copy-link")
