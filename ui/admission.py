@@ -119,10 +119,10 @@ class Admission:
         Gradio keeps an answered event in `event_ids_to_events` until an analytics step it runs in a thread
         after sending the answer is done; on busy cores that lags, and a script's next call found its last
         one still counted (429). The session stream takes an event's id out of `pending_event_ids_session`
-        right after it has written the event's process_completed (result, error, or a Stop's
-        acknowledgement), and for an event still queued or running only there, so an id missing from it is an
-        answered event. Both are
-        attributes of Gradio's Queue, not API: without the second one every event in the queue counts."""
+        right after writing its process_completed (result, error, or a Stop's acknowledgement); the id is
+        added there before the event enters the queue, and nothing else takes it out while the event is
+        queued or running. So an event whose id is missing there has been answered. Both are attributes of
+        Gradio's Queue, not API: without the second one every event in the queue counts."""
         queue = self._queue()
         if queue is None:
             return {}

@@ -91,7 +91,6 @@ class LayerRoute:
         await send({"type": "http.response.start", "status": 200 if answer else 204, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
-
     def _payload(self, text: str, controls: attention_tab.Controls) -> bytes:
         try:
             payload = attention_tab.redraw_data(self.engine, text, controls, True)
