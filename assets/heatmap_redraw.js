@@ -18,8 +18,11 @@ async (mode, payload, view, model, layer, head, aggregate, hideSink, minWeight, 
   const cache = (window.__studioHeatmap = window.__studioHeatmap || {});
   if (mode === "arrival") cache.payload = payload ? JSON.parse(payload) : null;
   // A request names the controls it is for, so asking again for what was just asked is no change (no event).
-  const textKey = Array.from(String(text || "")).reduce((h, ch) => Math.imul(h ^ ch.codePointAt(0), 16777619), 2166136261);
-  const controls = [view, model, layer, head, aggregate, hideSink, minWeight, start, textKey >>> 0].join("|");
+  // Built only when the page asks (it hashes the whole text), not for a redraw in the page.
+  const requestFor = (kind) => {
+    const textKey = Array.from(String(text || "")).reduce((h, ch) => Math.imul(h ^ ch.codePointAt(0), 16777619), 2166136261);
+    return [kind, view, model, layer, head, aggregate, hideSink, minWeight, start, textKey >>> 0].join("|");
+  };
   // Controls set together (a link being opened sets them all) each run this handler at once: only the last
   // of them may ask, or Gradio would queue one request each (its trigger_mode="always_last" holds back a
   // second request only once the first has been sent). A layer being fetched is overtaken the same way.
@@ -37,7 +40,7 @@ async (mode, payload, view, model, layer, head, aggregate, hideSink, minWeight, 
     && (p.start_value === null || Number(start) === Number(p.start_value)) && Number.isInteger(Number(head))
     && !(p.pooled && Boolean(hideSink) !== p.hide);
   if (mode === "arrival") return sameHeatmap && Number(layer) === Number(p.layer_value) ? draw(p) : [];
-  if (!sameHeatmap) return ask(`view|${controls}`, undefined);
+  if (!sameHeatmap) return ask(requestFor("view"), undefined);
   if (Number(layer) === Number(p.layer_value)) return draw(p);
   // The same heatmap of another layer: fetch that layer alone and draw it.
   const mine = turn();
@@ -47,7 +50,7 @@ async (mode, payload, view, model, layer, head, aggregate, hideSink, minWeight, 
   const fetched = await fetch(route, {method: "POST", headers: {"Content-Type": "application/json"}, body})
     .then((answer) => (answer.status === 200 ? answer.json() : null)).catch(() => null);
   if (mine !== cache.turn) return [];  // a later change answers
-  if (!fetched) return ask(undefined, `layer|${controls}`);  // busy, or not drawable: through the queue
+  if (!fetched) return ask(undefined, requestFor("layer"));  // busy, or not drawable: through the queue
   cache.payload = fetched;
   return draw(fetched);
 
@@ -105,7 +108,7 @@ async (mode, payload, view, model, layer, head, aggregate, hideSink, minWeight, 
       }
     }
     const notes = [];
-    if (Boolean(hideSink) && p.length > 1) notes.push(p.hidden_note);
+    if (hide) notes.push(p.hidden_note);
     if (p.geometry) notes.push(p.geometry);
     if (minimum > 0) notes.push(p.threshold_note.replace("{}", Number(minWeight).toFixed(2)));
     const what = aggregate === "head" ? p.what_head[h] : p.what_heads;
