@@ -4,6 +4,8 @@ both sides, Chromium pages and the screenshots folder. What the benchmarks use t
 from __future__ import annotations
 
 import contextlib
+import socket
+import time
 from pathlib import Path
 
 import torch
@@ -106,3 +108,30 @@ def offline_page(context, path: Path):
         yield page, blocked, errors
     finally:
         page.close()
+
+
+def host_port(url: str) -> tuple[str, int]:
+    host, port = url.split("//")[1].strip("/").split(":")
+    return host, int(port)
+
+
+def raw_response(url: str, head: bytes, chunks=()) -> tuple[bytes, float]:
+    """Send a request head and body chunks on a bare socket; (the response, seconds to it)."""
+    started = time.perf_counter()
+    with socket.create_connection(host_port(url), timeout=30) as sock:
+        sock.sendall(head)
+        try:
+            for chunk in chunks:
+                sock.sendall(chunk)
+        except OSError:  # the server answered and closed while the body was still coming
+            pass
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            try:
+                data = sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not data:
+                break
+            answer += data
+    return answer, time.perf_counter() - started

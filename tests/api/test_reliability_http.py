@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,7 @@ from gradio_client.exceptions import AppError
 
 import app
 from testkit.app_server import free_port, running_app
-from tests.helpers import chromium_page
+from tests.helpers import chromium_page, raw_response
 from testkit import REPO
 from ui import http_guard, views
 
@@ -48,11 +47,6 @@ def server():
     with mock.patch.object(http_guard, "MAX_SESSIONS", SESSIONS), mock.patch.object(app, "build", build), \
             running_app(preload=False) as (url, engine):
         yield url, built["demo"]
-
-
-def host_port(url: str) -> tuple[str, int]:
-    host, port = url.split("//")[1].strip("/").split(":")
-    return host, int(port)
 
 
 def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
@@ -78,28 +72,6 @@ def call(url: str, endpoint: str, data: list) -> tuple[str, dict | None]:
 def defaults(client: Client, endpoint: str) -> list:
     parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"][f"/{endpoint}"]["parameters"]
     return [p["parameter_default"] for p in parameters]
-
-
-def raw_response(url: str, head: bytes, chunks=()) -> tuple[bytes, float]:
-    """Send a request head and body chunks on a bare socket; (the response, seconds to it)."""
-    started = time.perf_counter()
-    with socket.create_connection(host_port(url), timeout=30) as sock:
-        sock.sendall(head)
-        try:
-            for chunk in chunks:
-                sock.sendall(chunk)
-        except OSError:  # the server answered and closed while the body was still coming
-            pass
-        answer = b""
-        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-            try:
-                data = sock.recv(65536)
-            except ConnectionResetError:
-                break
-            if not data:
-                break
-            answer += data
-    return answer, time.perf_counter() - started
 
 
 # ----- bodies, uploads, endpoints ---------------------------------------------------------------
