@@ -66,14 +66,20 @@ def test_a_request_the_page_never_sends_gets_one_sentence(server, body):
 def test_busy_workers_answer_429_at_once_and_a_body_over_the_cap_413(server, monkeypatch):
     url, _ = server
     built = attention_tab.redraw_data
-    release = threading.Event()
-    monkeypatch.setattr(attention_tab, "redraw_data", lambda *args: release.wait(30) and built(*args))
+    building, release = threading.Semaphore(0), threading.Event()
+
+    def held(*args):
+        building.release()
+        return release.wait(30) and built(*args)
+
+    monkeypatch.setattr(attention_tab, "redraw_data", held)
     answers = []
     threads = [threading.Thread(target=lambda: answers.append(post(url, {"text": TEXT, "controls": CONTROLS})))
                for _ in range(layer_route.WORKERS)]
     for thread in threads:
         thread.start()
-    time.sleep(1.0)  # both workers are building
+    for _ in range(layer_route.WORKERS):
+        assert building.acquire(timeout=30), "a worker never started building"
     started = time.monotonic()
     status, answer = post(url, {"text": TEXT, "controls": CONTROLS})
     assert status == 429 and time.monotonic() - started < 5
