@@ -48,14 +48,17 @@ class ServerSpy(list):
     it sent the page after them (each heatmap drawn by the server is followed by one)."""
 
     sent = 0
+    last_id = None  # the last layer sent, as the page will hold it
     forgotten = False  # answer the page's request for a layer as if the analysis had left the cache
 
-    def wait_for_layer(self, timeout: float = 30) -> None:
+    def wait_for_layer(self, page, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
         while self.sent < len(self) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert self.sent >= len(self), "the server never sent the layer after its heatmap"
-        time.sleep(1.5)  # its way into the page: up to 2.9 MiB of JSON to send and parse on two busy cores
+        if self.last_id:  # its way into the page: up to 2.9 MiB of JSON to send and parse on two busy cores
+            page.wait_for_function("(id) => window.__studioHeatmap?.payload?.id === id", arg=self.last_id,
+                                   timeout=timeout * 1000)
 
 
 @pytest.fixture
@@ -69,7 +72,9 @@ def server_views(monkeypatch):
 
     def sending(engine, text, controls, draw=False):
         try:
-            return None if draw and spy.forgotten else send(engine, text, controls, draw)
+            sent = None if draw and spy.forgotten else send(engine, text, controls, draw)
+            spy.last_id = sent["id"] if sent else spy.last_id
+            return sent
         finally:
             spy.sent += 1
 
@@ -93,7 +98,7 @@ def analyse(page, text: str, spy: ServerSpy) -> None:
     page.click("#attention-analyse")
     page.wait_for_function("(t) => document.querySelector('#attention-summary').innerText.includes('this view took')"
                            " && document.querySelector('#attention-text textarea').value === t", arg=text, timeout=60_000)
-    spy.wait_for_layer()
+    spy.wait_for_layer(page)
 
 
 def set_control(page, name: str, value) -> None:
@@ -179,7 +184,7 @@ def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_wo
     assert len(server_views) == drawn_by_server + 1 and "this view took" in summary(page)
     assert fetched == [200, 200, 204]
     server_views.forgotten = False
-    server_views.wait_for_layer()
+    server_views.wait_for_layer(page)
     change_and_compare(page, engine, SHORT, controls, "head", 4)
     assert len(server_views) == drawn_by_server + 1
     assert not page.console_errors
@@ -202,7 +207,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     # The sink is hidden before pooling, which the page cannot redo: the server draws it, then heads are local again.
     change_and_compare(page, engine, text, controls, "hide_sink", True)
     assert len(server_views) == drawn_by_server + 1
-    server_views.wait_for_layer()
+    server_views.wait_for_layer(page)
     change_and_compare(page, engine, text, controls, "head", 5)
     assert len(server_views) == drawn_by_server + 1
 
@@ -211,7 +216,7 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
     set_control(page, "start", 40)
     controls.start = 40
     page_figure(page, before)
-    server_views.wait_for_layer()
+    server_views.wait_for_layer(page)
     for name, value in (("hide_sink", False), ("head", 7), ("hide_sink", True), ("layer", 1), ("min_weight", 0.1)):
         change_and_compare(page, engine, text, controls, name, value)
     assert len(server_views) == drawn_by_server + 2
