@@ -43,13 +43,16 @@ async (mode, payload, view, model, layer, head, aggregate, hideSink, minWeight, 
   if (!sameHeatmap) return ask(requestFor("view"), undefined);
   if (Number(layer) === Number(p.layer_value)) return draw(p);
   // The same heatmap of another layer: fetch that layer alone and draw it.
-  const mine = turn();
+  const mine = turn(), held = p;
   const route = new URL("studio/attention-layer", window.location.href.split(/[?#]/)[0].replace(/[^/]*$/, ""));
   const body = JSON.stringify({text, controls: {view, model, layer: Number(layer), aggregate, hide_sink: Boolean(hideSink),
                                                 start: Number(start)}});
   const fetched = await fetch(route, {method: "POST", headers: {"Content-Type": "application/json"}, body})
     .then((answer) => (answer.status === 200 ? answer.json() : null)).catch(() => null);
   if (mine !== cache.turn) return [];  // a later change answers
+  // The server sent a payload meanwhile (an analysis of a new text drawn while this layer was on its way): the
+  // fetched layer may no longer be what the plot shows, so the server draws what the controls show now.
+  if (cache.payload !== held) return ask(requestFor("view"), undefined);
   if (!fetched) return ask(undefined, requestFor("layer"));  // busy, or not drawable: through the queue
   cache.payload = fetched;
   return draw(fetched);

@@ -7,6 +7,7 @@ the sink of a pooled map, a layer the server no longer holds) goes to the server
 from __future__ import annotations
 
 import json
+import threading
 import time
 
 import numpy as np
@@ -44,21 +45,24 @@ def page(server):
 
 
 class ServerSpy(list):
-    """The views the server drew (every page event of the tab goes through render_view), and how many layers
-    it sent the page after them (each heatmap drawn by the server is followed by one)."""
+    """The views the server drew (every page event of the tab goes through render_view), the layers it sent the
+    page after them (each heatmap drawn by the server is followed by one), and the layers the page fetched."""
 
-    sent = 0
-    last_id = None  # the last layer sent, as the page will hold it
-    forgotten = False  # answer the page's request for a layer as if the analysis had left the cache
+    sent = 0  # layers sent after a view the server drew
+    last_sent = None  # the id of the last of them, as the page will hold it
+    fetched = 0  # layers the page fetched to draw them itself (the layer route; draw=True)
+    held = None  # a threading.Event: the page's fetches wait for it
+    forgotten = False  # answer the page's fetches as if the analysis had left the cache
 
     def wait_for_layer(self, page, timeout: float = 30) -> None:
+        """Until the page holds the layer the server sent after the last view it drew."""
         deadline = time.monotonic() + timeout
         while self.sent < len(self) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert self.sent >= len(self), "the server never sent the layer after its heatmap"
-        if self.last_id:  # its way into the page: up to 2.9 MiB of JSON to send and parse on two busy cores
-            page.wait_for_function("(id) => window.__studioHeatmap?.payload?.id === id", arg=self.last_id,
-                                   timeout=timeout * 1000)
+        assert self.sent >= len(self) and self.last_sent, "the server never sent the layer after its heatmap"
+        # Its way into the page: up to 2.9 MiB of JSON to send and parse on two busy cores.
+        page.wait_for_function("(id) => window.__studioHeatmap?.payload?.id === id", arg=self.last_sent,
+                               timeout=timeout * 1000)
 
 
 @pytest.fixture
@@ -71,12 +75,15 @@ def server_views(monkeypatch):
         return draw(engine, text, controls)
 
     def sending(engine, text, controls, draw=False):
-        try:
-            sent = None if draw and spy.forgotten else send(engine, text, controls, draw)
-            spy.last_id = sent["id"] if sent else spy.last_id
-            return sent
-        finally:
+        if not draw:
+            payload = send(engine, text, controls)
+            spy.last_sent = payload["id"] if payload else None
             spy.sent += 1
+            return payload
+        if spy.held is not None:
+            spy.held.wait(30)
+        spy.fetched += 1
+        return None if spy.forgotten else send(engine, text, controls, draw)
 
     monkeypatch.setattr(attention_tab, "render_view", counting)
     monkeypatch.setattr(attention_tab, "redraw_data", sending)
@@ -94,8 +101,12 @@ def long_text(engine, tokens: int) -> str:
 
 
 def analyse(page, text: str, spy: ServerSpy) -> None:
+    drawn = len(spy)
     page.fill("#attention-text textarea", text)
     page.click("#attention-analyse")
+    deadline = time.monotonic() + 60
+    while len(spy) == drawn and time.monotonic() < deadline:  # the summary may still be an earlier view's
+        page.wait_for_timeout(50)
     page.wait_for_function("(t) => document.querySelector('#attention-summary').innerText.includes('this view took')"
                            " && document.querySelector('#attention-text textarea').value === t", arg=text, timeout=60_000)
     spy.wait_for_layer(page)
@@ -171,12 +182,12 @@ def test_heads_toggles_and_threshold_redraw_in_the_page_exactly_as_the_server_wo
     # Another layer: the page fetches that layer alone (no figure) from the layer route and draws it; heads stay local.
     fetched = []
     page.on("response", lambda r: r.url.endswith("/studio/attention-layer") and fetched.append(r.status))
-    sent = server_views.sent
+    sent, fetched_before = server_views.sent, server_views.fetched
     for name, value in (("layer", 3), ("head", 2), ("layer", 2), ("aggregate", "heads")):
         change_and_compare(page, engine, SHORT, controls, name, value)
         assert "redrawn in your browser" in summary(page)
     assert len(server_views) == drawn_by_server, "the server drew a layer the page can draw"
-    assert server_views.sent == sent + 2 and fetched == [200, 200]
+    assert server_views.sent == sent and server_views.fetched == fetched_before + 2 and fetched == [200, 200]
     # A layer the server no longer holds the analysis of: the route has nothing (204), so the page asks the tab's
     # Gradio event, which draws the view on the server and then sends the layer.
     server_views.forgotten = True
@@ -221,6 +232,38 @@ def test_long_texts_redraw_windows_and_pooled_maps_and_hand_the_rest_to_the_serv
         change_and_compare(page, engine, text, controls, name, value)
     assert len(server_views) == drawn_by_server + 2
     page.screenshot(path=str(artifacts_dir() / "attention-redraw-window.png"))
+    assert not page.console_errors
+
+
+def test_a_layer_that_arrives_after_a_new_text_was_drawn_is_not_drawn_over_it(server, page, server_views):
+    """A layer change's fetch still on its way when the server draws a new analysis: the fetched layer, of the
+    old text, is not drawn over the new one; the server draws what the controls show now."""
+    url, engine = server
+    for name, value in (("layer", 1), ("head", 1), ("aggregate", "head"), ("hide_sink", False), ("min_weight", 0),
+                        ("start", 0)):
+        set_control(page, name, value)
+    analyse(page, SHORT, server_views)
+    fetched = []
+    page.on("response", lambda r: r.url.endswith("/studio/attention-layer") and fetched.append(r.status))
+    server_views.held = threading.Event()
+    try:
+        set_control(page, "layer", 2)  # its layer is fetched, and held
+        other = long_text(engine, 30)
+        analyse(page, other, server_views)
+        drawn_by_server = len(server_views)
+    finally:
+        server_views.held.set()
+        server_views.held = None
+    deadline = time.monotonic() + 30
+    while (len(server_views) == drawn_by_server or not fetched) and time.monotonic() < deadline:
+        page.wait_for_timeout(50)  # Playwright delivers the page's responses while it waits
+    assert fetched == [200] and len(server_views) == drawn_by_server + 1, "the page did not hand the stale layer back"
+    page.wait_for_function("document.querySelectorAll('#attention-plot [data-testid=status-tracker]:not(.hide)')"
+                           ".length === 0 && document.querySelector('#attention-summary').innerText.includes('this view took')",
+                           timeout=30_000)
+    time.sleep(0.5)  # a stale layer drawn over the plot would be drawn by now
+    shown = page.evaluate(FIGURE, PLOT)
+    assert_same_as_server(engine, other, attention_tab.Controls(view="Heatmap", layer=2, head=1), shown)
     assert not page.console_errors
 
 
