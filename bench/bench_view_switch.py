@@ -110,9 +110,11 @@ def bench_model(flags: list[str], model: str | None, token_counts: list[int], re
                 page.click("#attention-model input")
                 page.get_by_role("option", name=model).first.click()
             for tokens in token_counts:
-                page.fill("#attention-text textarea", text_of(loaded.tokenizer, tokens))
+                text = text_of(loaded.tokenizer, tokens)
+                page.fill("#attention-text textarea", text)
                 page.click("#attention-analyse")
-                page.wait_for_function("document.querySelector('#attention-summary').innerText.includes('token')",
+                # Settled: the page holds this text's layer (the summary alone may still be the last analysis').
+                page.wait_for_function("(text) => window.__studioHeatmap?.payload?.text === text", arg=text,
                                        timeout=120_000)
                 time.sleep(1.0)
                 quiet = measure(page, repeats, config.num_hidden_layers, config.num_attention_heads)
