@@ -135,3 +135,16 @@ def raw_response(url: str, head: bytes, chunks=()) -> tuple[bytes, float]:
                 break
             answer += data
     return answer, time.perf_counter() - started
+
+
+def copied_link(page, button: str, timeout: float = 15) -> str:
+    """Click a "Copy link" button; the link it copied, once the clipboard holds the address bar's link.
+    Polled from here: Playwright's wait_for_function takes a promise for a truthy value, even one resolving to null."""
+    page.click(button)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        copied = page.evaluate("navigator.clipboard.readText()")
+        if copied == page.evaluate("window.location.href") and "?tab=" in copied:
+            return copied
+        page.wait_for_timeout(100)
+    raise AssertionError(f"{button} never copied the address bar's link")

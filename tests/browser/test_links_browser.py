@@ -16,6 +16,7 @@ import pytest
 from testkit.app_server import KNOWN_NER_TEXT, running_app
 from tests.api.paper_task_model import build_scripted_ddi_model
 from tests.browser import test_teach_browser
+from tests.helpers import copied_link
 
 COUNTED = ("generate", "answer_pubmedqa", "ner", "classify", "zero_shot", "paper_task")
 browser = test_teach_browser.browser  # the fixture: one Chromium for the module
@@ -43,7 +44,7 @@ def open_page(browser, url: str):
     page.console_errors = []
     page.on("pageerror", lambda error: page.console_errors.append(str(error)))
     page.goto(url)
-    page.wait_for_selector("#gen-prompt textarea")
+    page.wait_for_selector("#gen-prompt textarea", state="attached")  # the app is up (a link may hide Generate's prompt)
     return page
 
 
@@ -74,13 +75,6 @@ def wait_for_query(page, **expected: str) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"the URL never held {expected}; it holds {query_of(page)}")
-
-
-def copied_link(page, button: str) -> str:
-    page.click(button)
-    copied = page.wait_for_function(
-        "navigator.clipboard.readText().then(t => t === window.location.href && t.includes('tab=') ? t : null)")
-    return copied.json_value()
 
 
 def text_when_filled(page, selector: str, timeout: float = 60) -> str:

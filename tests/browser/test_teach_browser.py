@@ -10,7 +10,7 @@ import time
 import pytest
 
 from tests.browser.test_every_user import axe_serious
-from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, artifacts_dir, offline_page
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, artifacts_dir, copied_link, offline_page
 
 
 
@@ -106,9 +106,7 @@ def test_a_shared_link_reopens_the_lesson_and_the_comparison_in_a_fresh_browser(
     page.wait_for_function("window.location.search.includes('lesson=formula') && "
                            "window.location.search.includes('other_text=Ibuprofen')")
     page.context.grant_permissions(["clipboard-read", "clipboard-write"])
-    page.click("#teach-copy-link")
-    page.wait_for_function("navigator.clipboard.readText().then(t => t === window.location.href)")
-    link = page.evaluate("navigator.clipboard.readText()")
+    link = copied_link(page, "#teach-copy-link")
     assert "tab=teach" in link and "Aspirin" not in link.split("other_text")[1]  # only what was typed or chosen
     fresh = open_page(browser, link)  # a fresh browser context: nothing but the link
     try:
