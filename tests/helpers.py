@@ -1,5 +1,6 @@
 """Helpers of the tests alone: perturbed random checkpoints saved by transformers and loaded by
-both sides, Chromium pages and the screenshots folder. What the benchmarks use too is in testkit/."""
+both sides, Chromium pages and the screenshots folder, a request on a bare socket, a copied link. What the
+benchmarks use too is in testkit/."""
 
 from __future__ import annotations
 

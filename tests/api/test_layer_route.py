@@ -13,8 +13,8 @@ import urllib.request
 import pytest
 
 import ui.attention_tab as attention_tab
-from ui import layer_route
 from tests.helpers import raw_response
+from ui import layer_route
 from ui.http_guard import MAX_BODY_BYTES
 
 TEXT = "Naloxone reverses the antihypertensive effect of clonidine."
